@@ -1,0 +1,1 @@
+"""Synthetic data generated in code, for smoke runs and tests (no download)."""

@@ -1,0 +1,1 @@
+"""Task metrics, offline: GLUE (``pst.metrics.glue``) and NLG (``pst.metrics.nlg``)."""

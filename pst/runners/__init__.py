@@ -1,0 +1,1 @@
+"""One run -> one results record: GLUE (``pst.runners.glue``) and NLG (``pst.runners.nlg``)."""
