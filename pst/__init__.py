@@ -1,0 +1,30 @@
+"""PST: parameter-efficient sparsity training for Hugging Face transformers.
+
+    model = pst.sparsify(model, pst.PSTConfig(method="pst", sparsity=0.9))
+    trainer = Trainer(model, ..., callbacks=[pst.SparsityCallback()])
+    pst.merge(model).save_pretrained("out")   # a plain transformers checkpoint
+"""
+from .config import ARCHITECTURE_DEFAULTS, PSTConfig
+from .export import load_compressed, merge, save_compressed, sparsity_report
+from .layers import SparseLayer
+from .masking import keep_mask, num_pruned
+from .methods import METHODS, MethodSpec, get_method
+from .schedule import SparsityCallback, SparsityScheduler, cubic_sparsity
+from .surgery import (
+    TrainableParameters,
+    find_targets,
+    optimizer_parameters,
+    set_sparsity,
+    sparse_layers,
+    sparsify,
+    trainable_parameters,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURE_DEFAULTS", "METHODS", "MethodSpec", "PSTConfig", "SparseLayer", "SparsityCallback",
+    "SparsityScheduler", "TrainableParameters", "cubic_sparsity", "find_targets", "get_method", "keep_mask",
+    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_compressed", "set_sparsity",
+    "sparse_layers", "sparsify", "sparsity_report", "trainable_parameters",
+]

@@ -1,0 +1,167 @@
+"""Leaving PST behind: merge into a plain transformers model, compressed checkpoints, sparsity checks."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import PSTConfig
+from .layers import SUPPORTED_MODULES, SparseLayer
+from .surgery import CONFIG_ATTRIBUTE, matches_target, sparse_layers
+
+logger = logging.getLogger(__name__)
+
+COMPRESSED_WEIGHTS = "model.sparse.safetensors"
+_FORMAT = "pst-bitmask-v1"
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """Bake M * W' into every sparse layer's weight and drop every PST parameter, in place.
+
+    The result is a plain transformers model: ``save_pretrained`` writes a checkpoint that
+    ``AutoModel*.from_pretrained`` loads with no ``pst`` installed.
+    """
+    layers = list(sparse_layers(model))
+    for name, layer in layers:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, layer.to_plain_module())
+    if hasattr(model, CONFIG_ATTRIBUTE):
+        delattr(model, CONFIG_ATTRIBUTE)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    logger.info("merged %d sparse layers", len(layers))
+    return model
+
+
+def _weight_oriented(module: nn.Module) -> torch.Tensor:
+    return module.weight.t() if isinstance(module, transformers.pytorch_utils.Conv1D) else module.weight
+
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module, target_modules: list[str] | str | None = None) -> list[dict]:
+    """Measured sparsity of every sparsified matrix (and of each fused block).
+
+    On a wrapped model this measures M * W' as the forward pass uses it; on a plain
+    (merged or reloaded) model it counts the zeros of the weights of ``target_modules``
+    (default: the architecture's PST targets).
+    """
+    rows = []
+    layers = list(sparse_layers(model))
+    if layers:
+        matrices = [(name, layer.effective_weight(), layer.blocks) for name, layer in layers]
+    else:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        targets = target_modules or PSTConfig().resolved_for(model_type).target_modules
+        fused = PSTConfig().resolved_for(model_type).fused_modules if target_modules is None else {}
+        matrices = [
+            (name, _weight_oriented(m), next((b for s, b in fused.items() if matches_target(name, [s])), 1))
+            for name, m in model.named_modules()
+            if name and isinstance(m, SUPPORTED_MODULES) and matches_target(name, targets)
+        ]
+    for name, weight, blocks in matrices:
+        zeros = (weight == 0).reshape(blocks, -1).sum(dim=1)
+        per_block = (zeros.double() / (weight.numel() // blocks)).tolist()
+        rows.append(
+            {
+                "name": name,
+                "shape": list(weight.shape),
+                "numel": weight.numel(),
+                "zeros": int(zeros.sum()),
+                "sparsity": float(zeros.sum()) / weight.numel(),
+                "block_sparsity": per_block,
+            }
+        )
+    return rows
+
+
+# -- compressed checkpoints ---------------------------------------------------------------------
+
+
+def save_compressed(model: nn.Module, folder: str | Path, min_sparsity: float = 0.5) -> Path:
+    """Save a merged (or wrapped, merged on a copy of the weights) model with sparse matrices packed.
+
+    A matrix with at least ``min_sparsity`` zeros is stored as its non-zero values plus a
+    bitmask (1 bit per entry); everything else is stored dense. At 90% sparsity a packed
+    matrix takes 10% + 1/32 of its dense size. The config is saved beside it, so
+    ``load_compressed`` needs nothing else.
+    """
+    if any(True for _ in sparse_layers(model)):
+        raise ValueError("save_compressed expects a plain model: call pst.merge(model) first")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    layout: dict[str, dict] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        if tensor.numel() and key in seen:  # tied weights: store once, remember the alias
+            layout[name] = {"alias": seen[key]}
+            continue
+        seen[key] = name
+        tensor = tensor.detach().cpu()
+        zeros = int((tensor == 0).sum()) if tensor.is_floating_point() else 0
+        if tensor.dim() == 2 and tensor.numel() and zeros / tensor.numel() >= min_sparsity:
+            nonzero = tensor != 0
+            bits = np.packbits(nonzero.flatten().numpy())
+            tensors[f"{name}.values"] = tensor[nonzero].contiguous()
+            tensors[f"{name}.bitmask"] = torch.from_numpy(bits)
+            layout[name] = {"packed": list(tensor.shape)}
+        else:
+            tensors[name] = tensor.contiguous()
+            layout[name] = {"dense": True}
+    save_file(tensors, folder / COMPRESSED_WEIGHTS, metadata={"format": _FORMAT, "layout": json.dumps(layout)})
+    model.config.save_pretrained(folder)
+    return folder / COMPRESSED_WEIGHTS
+
+
+def load_compressed(folder: str | Path, model_class: type | None = None) -> nn.Module:
+    """Rebuild the exact model written by ``save_compressed``.
+
+    ``model_class`` defaults to the architecture named in the saved config (e.g.
+    ``BertForSequenceClassification``).
+    """
+    folder = Path(folder)
+    path = folder / COMPRESSED_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no compressed checkpoint {COMPRESSED_WEIGHTS} in {folder}")
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a pst compressed checkpoint (format {metadata.get('format')!r})")
+    layout = json.loads(metadata["layout"])
+    stored = load_file(path)
+    state: dict[str, torch.Tensor] = {}
+    for name, entry in layout.items():
+        if "packed" in entry:
+            shape = entry["packed"]
+            numel = int(np.prod(shape))
+            nonzero = torch.from_numpy(np.unpackbits(stored[f"{name}.bitmask"].numpy(), count=numel).astype(bool))
+            values = stored[f"{name}.values"]
+            dense = torch.zeros(numel, dtype=values.dtype)
+            dense[nonzero] = values
+            state[name] = dense.view(shape)
+        elif "dense" in entry:
+            state[name] = stored[name]
+    for name, entry in layout.items():
+        if "alias" in entry:
+            state[name] = state[entry["alias"]]
+    config = transformers.AutoConfig.from_pretrained(folder)
+    if model_class is None:
+        architectures = getattr(config, "architectures", None) or []
+        if not architectures or not hasattr(transformers, architectures[0]):
+            raise ValueError(f"cannot tell the model class from {folder}/config.json; pass model_class=")
+        model_class = getattr(transformers, architectures[0])
+    model = model_class(config)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model

@@ -1,0 +1,139 @@
+"""The cubic sparsity schedule (Zhu & Gupta 2018) with a dense warm-up and a constant cool-down."""
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+from transformers import TrainerCallback
+
+from .surgery import CONFIG_ATTRIBUTE, set_sparsity
+
+logger = logging.getLogger(__name__)
+
+
+def cubic_sparsity(
+    step: int,
+    total_steps: int,
+    initial_warmup: float = 0.1,
+    final_warmup: float = 0.3,
+    initial_sparsity: float = 0.0,
+    final_sparsity: float = 0.9,
+) -> float:
+    """Sparsity after ``step`` of ``total_steps`` optimizer steps.
+
+    p = p_0 for t <= w_i T; p = p_T for t > T - w_f T; in between
+    p = p_T + (p_0 - p_T) (1 - (t - w_i T) / (T - (w_i + w_f) T))^3.
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    for name, value in (("initial_sparsity", initial_sparsity), ("final_sparsity", final_sparsity)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if not (0.0 <= initial_warmup and 0.0 <= final_warmup and initial_warmup + final_warmup <= 1.0):
+        raise ValueError(f"warm-up fractions must be >= 0 and sum to <= 1, got {initial_warmup}, {final_warmup}")
+    warmup_steps = initial_warmup * total_steps
+    cooldown_start = total_steps - final_warmup * total_steps
+    if step <= warmup_steps:
+        return initial_sparsity
+    if step > cooldown_start:
+        return final_sparsity
+    progress = (step - warmup_steps) / (cooldown_start - warmup_steps)
+    return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3
+
+
+class SparsityScheduler:
+    """Moves every sparse layer of a model along the cubic schedule, like a torch LR scheduler.
+
+    Call ``step()`` after each optimizer step; ``last_step`` counts the steps taken. The
+    state dict lets a resumed run continue where it stopped.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        total_steps: int,
+        initial_warmup: float | None = None,
+        final_warmup: float | None = None,
+        initial_sparsity: float | None = None,
+        final_sparsity: float | None = None,
+        last_step: int = 0,
+    ) -> None:
+        config = getattr(model, CONFIG_ATTRIBUTE, None)
+
+        def pick(value, field, default):
+            return value if value is not None else getattr(config, field, default)
+
+        self.model = model
+        self.total_steps = total_steps
+        self.initial_warmup = pick(initial_warmup, "initial_warmup", 0.1)
+        self.final_warmup = pick(final_warmup, "final_warmup", 0.3)
+        self.initial_sparsity = pick(initial_sparsity, "initial_sparsity", 0.0)
+        self.final_sparsity = pick(final_sparsity, "sparsity", 0.9)
+        self.last_step = last_step
+        self.get_sparsity()  # validate the arguments now, not at the first step
+        self._apply()
+
+    def get_sparsity(self, step: int | None = None) -> float:
+        return cubic_sparsity(
+            self.last_step if step is None else step,
+            self.total_steps,
+            self.initial_warmup,
+            self.final_warmup,
+            self.initial_sparsity,
+            self.final_sparsity,
+        )
+
+    def step(self) -> float:
+        self.last_step += 1
+        return self._apply()
+
+    def set_step(self, step: int) -> float:
+        self.last_step = step
+        return self._apply()
+
+    def _apply(self) -> float:
+        sparsity = self.get_sparsity()
+        set_sparsity(self.model, sparsity)
+        return sparsity
+
+    def state_dict(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "model"}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._apply()
+
+
+class SparsityCallback(TrainerCallback):
+    """Drives the schedule from ``transformers.Trainer``: one schedule step per optimizer step.
+
+    The total comes from the Trainer (``state.max_steps``) at the start of training, and the
+    position from ``state.global_step``, so a run resumed from a checkpoint continues the
+    schedule where it stopped.
+    """
+
+    def __init__(self, model: nn.Module | None = None, **schedule_overrides) -> None:
+        self.model = model
+        self.schedule_overrides = schedule_overrides
+        self.scheduler: SparsityScheduler | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        target = self.model if self.model is not None else model
+        if target is None:
+            raise ValueError("SparsityCallback needs the model: pass it to the callback or the Trainer")
+        self.scheduler = SparsityScheduler(target, state.max_steps, last_step=state.global_step, **self.schedule_overrides)
+        logger.info("sparsity schedule over %d steps, starting at step %d", state.max_steps, state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.scheduler is not None:
+            self.scheduler.set_step(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.scheduler is not None and logs is not None:
+            # The Trainer appends a copy of `logs` to the history before calling back; both
+            # should carry the sparsity, so loss curves can be read against it later.
+            logs["sparsity"] = self.scheduler.get_sparsity()
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1]["sparsity"] = logs["sparsity"]

@@ -1,0 +1,159 @@
+"""Put a method on a Hugging Face model in place, peft-style, and ask it what trains."""
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import PSTConfig
+from .layers import SUPPORTED_MODULES, SparseLayer
+from .methods import get_method
+
+logger = logging.getLogger(__name__)
+
+CONFIG_ATTRIBUTE = "pst_config"
+
+
+def sparse_layers(model: nn.Module) -> Iterator[tuple[str, SparseLayer]]:
+    """(name, layer) for every sparse layer of the model."""
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLayer):
+            yield name, module
+
+
+def matches_target(name: str, target_modules: list[str] | str) -> bool:
+    """A name matches a regex fully, or ends with one of the listed suffixes (as in peft)."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == suffix or name.endswith("." + suffix) for suffix in target_modules)
+
+
+def _model_type(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def _fused_blocks(name: str, fused_modules: dict[str, int]) -> int:
+    return next((blocks for suffix, blocks in fused_modules.items() if matches_target(name, [suffix])), 1)
+
+
+def find_targets(model: nn.Module, config: PSTConfig) -> list[str]:
+    """Names of the modules the (resolved) config sparsifies; errors name what went wrong."""
+    resolved = config.resolved_for(_model_type(model))
+    names = [name for name, _ in model.named_modules() if name and matches_target(name, resolved.target_modules)]
+    if not names:
+        sample = [name for name, m in model.named_modules() if isinstance(m, SUPPORTED_MODULES)][:8]
+        raise ValueError(
+            f"target_modules={resolved.target_modules!r} matches no module of this "
+            f"{type(model).__name__}; some Linear/Conv1D names: {sample}"
+        )
+    modules = dict(model.named_modules())
+    unsupported = [f"{name} ({type(modules[name]).__name__})" for name in names if not isinstance(modules[name], SUPPORTED_MODULES)]
+    if unsupported:
+        raise TypeError(
+            f"target_modules matched unsupported module(s) {unsupported[:5]}; only nn.Linear and "
+            "transformers Conv1D can be sparsified: narrow target_modules"
+        )
+    return names
+
+
+def sparsify(model: nn.Module, config: PSTConfig | None = None) -> nn.Module:
+    """Wrap the targeted modules of ``model`` in place and freeze what the method freezes.
+
+    - ``pst`` and ``lora``: every pre-trained parameter is frozen; the layers' new
+      parameters train, and so does the task head when ``config.train_head``.
+    - ``magnitude``, ``movement``, ``dense``: every parameter trains (full fine-tuning);
+      ``dense`` wraps nothing.
+    Returns the same model, which remembers its config (``model.pst_config``).
+    """
+    config = config or PSTConfig()
+    config.validate()
+    if getattr(model, CONFIG_ATTRIBUTE, None) is not None or any(True for _ in sparse_layers(model)):
+        raise ValueError("this model is already sparsified; sparsify() applies once (use pst.merge() first)")
+    resolved = config.resolved_for(_model_type(model))
+    spec = get_method(config.method)
+    targets = find_targets(model, resolved)
+    if spec.wraps_modules:
+        for name in targets:
+            parent_name, _, child_name = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            base = getattr(parent, child_name)
+            setattr(parent, child_name, SparseLayer(base, resolved, _fused_blocks(name, resolved.fused_modules)))
+    _set_trainable(model, resolved)
+    setattr(model, CONFIG_ATTRIBUTE, resolved)
+    logger.info("sparsified %d modules with method %s", len(targets), config.method)
+    return model
+
+
+def _set_trainable(model: nn.Module, config: PSTConfig) -> None:
+    spec = get_method(config.method)
+    for parameter in model.parameters():
+        parameter.requires_grad_(spec.trains_pretrained)
+    for _, layer in sparse_layers(model):
+        for parameter in layer.method_parameters():
+            parameter.requires_grad_(True)
+    if config.train_head:
+        for name, module in model.named_modules():
+            if name and matches_target(name, config.head_modules or []):
+                for parameter in module.parameters():
+                    parameter.requires_grad_(True)
+
+
+def set_sparsity(model: nn.Module, sparsity: float) -> None:
+    """Set the current sparsity of every sparse layer (a no-op for methods that do not prune)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    for _, layer in sparse_layers(model):
+        layer.sparsity = float(sparsity)
+
+
+@dataclass(frozen=True)
+class TrainableParameters:
+    """Parameter counts as the paper reports them.
+
+    ``added``: parameters the method adds to the model (U, V, A, B, R, C or the movement
+    scores), the paper's "extra trainable parameters". ``trainable``: everything the
+    optimizer updates, i.e. ``added`` plus the trainable task head (and, for full
+    fine-tuning methods, every pre-trained weight). ``total``: every parameter of the
+    wrapped model, pre-trained and added. ``percent`` = 100 * trainable / total.
+    """
+
+    trainable: int
+    total: int
+    added: int
+    head: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
+            f"trainable%: {self.percent:.4f} || added by the method: {self.added:,} || head: {self.head:,}"
+        )
+
+
+def trainable_parameters(model: nn.Module) -> TrainableParameters:
+    """Count trainable, total, added and head parameters (shared tensors counted once)."""
+    unique = {id(p): p for p in model.parameters()}
+    added = {id(p) for _, layer in sparse_layers(model) for p in layer.method_parameters()}
+    config = getattr(model, CONFIG_ATTRIBUTE, None)
+    head_ids: set[int] = set()
+    if config is not None and config.train_head:
+        for name, module in model.named_modules():
+            if name and matches_target(name, config.head_modules or []):
+                head_ids |= {id(p) for p in module.parameters() if p.requires_grad}
+    return TrainableParameters(
+        trainable=sum(p.numel() for p in unique.values() if p.requires_grad),
+        total=sum(p.numel() for p in unique.values()),
+        added=sum(unique[i].numel() for i in added),
+        head=sum(unique[i].numel() for i in head_ids),
+    )
+
+
+def optimizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Exactly the parameters the method trains, for the optimizer."""
+    return [p for p in model.parameters() if p.requires_grad]
