@@ -120,14 +120,28 @@ def record_path(results_dir: Path | str, run_id_: str) -> Path:
 
 
 def write_record(path: Path | str, record: dict[str, Any]) -> None:
-    """Write ``record`` so that readers see the old file or the new one, never a part.
-
-    The JSON goes to a temporary file in the same folder (same file system, so
-    the rename is atomic), is flushed to disk, then replaces ``path``.
-    """
+    """Write ``record`` so that readers see the old file or the new one, never a part."""
     if not isinstance(record, dict):
         raise ValueError(f"record must be a dict, got {type(record).__name__}")
-    text = json.dumps(encode_nonfinite(record), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    write_text_atomic(path, json.dumps(encode_nonfinite(record), sort_keys=True, indent=2, allow_nan=False) + "\n")
+
+
+def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> None:
+    """Side files of a run (e.g. decoded outputs), one JSON object a line, written atomically.
+
+    Not ``.json``: only records carry that suffix, so readers of records never see them.
+    """
+    lines = [json.dumps(encode_nonfinite(row), sort_keys=True, allow_nan=False) for row in rows]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
+    return [decode_nonfinite(json.loads(line)) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    """The text goes to a temporary file in the same folder (same file system, so the
+    rename is atomic), is flushed to disk, then replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(
@@ -143,7 +157,7 @@ def write_record(path: Path | str, record: dict[str, Any]) -> None:
         Path(handle.name).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
-    logger.debug("wrote record %s", path)
+    logger.debug("wrote %s", path)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -382,6 +396,6 @@ def select_shard(items: Iterable[T], index: int, count: int) -> list[T]:
 
 __all__ = [
     "canonical_json", "config_hash", "decode_nonfinite", "encode_nonfinite", "environment_info",
-    "git_commit", "iter_records", "parse_shard", "read_record", "record_exists", "record_path",
-    "records_frame", "run_id", "select_shard", "write_record",
+    "git_commit", "iter_records", "parse_shard", "read_jsonl", "read_record", "record_exists", "record_path",
+    "records_frame", "run_id", "select_shard", "write_jsonl", "write_text_atomic", "write_record",
 ]

@@ -22,11 +22,14 @@ from ..data.nlg import LMDataCollator, build_lm_features, build_prompts, decode_
 from ..data.synthetic.nlg import synthetic_nlg_corpus
 from ..metrics.nlg import e2e_scores, webnlg_scores
 from ..models import load_model, load_tokenizer
-from ..results import write_record
+from ..results import write_jsonl
 from .lifecycle import existing_record, finish_run, run_all, run_paths
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
+
+#: Decoded outputs, one JSON object a line, next to the run's record.
+PREDICTIONS_SUFFIX = ".predictions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -105,14 +108,15 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
         predictions = decode(model, tokenizer, contexts, config)
         score = e2e_scores if config.task == "e2e" else webnlg_scores
         metrics[subset] = score(predictions, references)
-        outputs[subset] = [{"context": c, "prediction": p, "references": r}
+        outputs[subset] = [{"subset": subset, "context": c, "prediction": p, "references": r}
                            for c, p, r in zip(contexts, predictions, references)]
-    write_record(paths.side_file(".predictions.json"), {"run_id": paths.run_id, "outputs": outputs})
+    predictions_file = paths.side_file(PREDICTIONS_SUFFIX)
+    write_jsonl(predictions_file, [row for rows in outputs.values() for row in rows])
     body = {
         "model_name": config.model,
         "pst_config": pst_config.to_dict(),
         "metrics": metrics,
-        "predictions_file": paths.side_file(".predictions.json").name,
+        "predictions_file": predictions_file.name,
         "measured_sparsity": {row["name"]: row["sparsity"] for row in report},
         "mean_sparsity": (sum(r["zeros"] for r in report) / sum(r["numel"] for r in report)) if report else 0.0,
         "trainable_parameters": dataclasses.asdict(counts) | {"percent": counts.percent},
