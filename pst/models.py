@@ -3,13 +3,14 @@
 Real runs pass hub names (``bert-base-uncased``, ``roberta-base``, ``gpt2-medium``)
 to :func:`load_model` / :func:`load_tokenizer`. Smoke runs and tests have no
 network, so :func:`build_tiny_model` writes a folder that looks like a hub
-checkpoint (a locally trained tokenizer plus a randomly initialised 2-layer
-model) and is read back through the very same ``from_pretrained`` calls. That
+checkpoint (a locally trained tokenizer plus a 2-layer model briefly pre-trained
+on the same text) and is read back through the very same ``from_pretrained`` calls. That
 keeps the code path under test identical to the one used for the paper runs.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -23,14 +24,15 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
-    BertModel,
+    BertForMaskedLM,
+    DataCollatorForLanguageModeling,
     BertTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Tokenizer,
     PreTrainedModel,
     RobertaConfig,
-    RobertaModel,
+    RobertaForMaskedLM,
     RobertaTokenizer,
 )
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -43,7 +45,7 @@ TINY_ARCHS = ("bert", "roberta", "gpt2")
 #: Name of the file that marks a finished tiny-model folder; written last.
 MARKER_FILE = "pst_tiny_model.json"
 #: Bump when the tiny-model recipe changes, so stale folders are rebuilt.
-TINY_RECIPE_VERSION = 1
+TINY_RECIPE_VERSION = 2
 
 # Sizes of the tiny models: small enough for a laptop CPU, same layer types as
 # the real models so that sparsification touches the same modules.
@@ -55,6 +57,14 @@ TINY_INTERMEDIATE = 128
 #: and BERT's limit; RoBERTa gets 2 extra positions for its padding offset.
 TINY_MAX_LENGTH = 512
 ROBERTA_POSITION_OFFSET = 2
+#: Language-model pre-training of the stand-ins on the corpus (masked LM for BERT and
+#: RoBERTa, causal LM for GPT-2). PST fine-tunes a *pre-trained* model with its weights
+#: frozen; frozen random weights (and GPT-2's frozen random tied LM head) cannot be
+#: steered by rank-8 updates, so an untrained stand-in would show nothing of the method.
+TINY_PRETRAIN_STEPS = 400
+TINY_PRETRAIN_BATCH = 32
+TINY_PRETRAIN_LENGTH = 64
+TINY_PRETRAIN_LR = 2e-3
 
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Same order as roberta-base: <s>=0, <pad>=1, </s>=2, <unk>=3, then <mask>.
@@ -147,14 +157,16 @@ def build_tiny_model(
     *,
     vocab_size: int = 1000,
     seed: int = 0,
+    pretrain_steps: int = TINY_PRETRAIN_STEPS,
 ) -> Path:
     """Write a tiny random ``arch`` model and a tokenizer trained on ``corpus`` into ``folder``.
 
     The folder loads with :func:`load_model` / :func:`load_tokenizer` exactly as
-    a hub checkpoint does. For bert/roberta only the base encoder is saved, so
-    loading for classification adds a fresh head, as with a real checkpoint;
-    gpt2 saves ``GPT2LMHeadModel``. A folder that already holds a finished
-    build with the same settings is reused, not rebuilt.
+    a hub checkpoint does. The model is pre-trained for ``pretrain_steps`` on the
+    corpus (masked LM for bert/roberta, saved as ``*ForMaskedLM`` like the hub
+    checkpoints, so loading for classification adds a fresh head; causal LM for
+    gpt2). A folder that already holds a finished build with the same settings
+    is reused, not rebuilt.
     """
     if arch not in TINY_ARCHS:
         raise ValueError(f"arch={arch!r} is not supported; expected one of {TINY_ARCHS}")
@@ -163,7 +175,7 @@ def build_tiny_model(
         # Byte-level BPE needs 256 byte symbols plus the special tokens.
         raise ValueError(f"vocab_size={vocab_size!r} is too small; expected >= 300")
     folder = Path(folder)
-    settings = _tiny_settings(arch, corpus, vocab_size, seed)
+    settings = _tiny_settings(arch, corpus, vocab_size, seed) | {"pretrain_steps": pretrain_steps}
     if _is_complete(folder, settings):
         logger.info("reusing tiny %s model in %s", arch, folder)
         return folder
@@ -175,6 +187,7 @@ def build_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _MODEL_BUILDERS[arch](tokenizer)
+        _pretrain(model, tokenizer, corpus, causal=arch == "gpt2", steps=pretrain_steps)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / MARKER_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
@@ -305,7 +318,7 @@ def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         type_vocab_size=2,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return BertModel(config)
+    return BertForMaskedLM(config)
 
 
 def _tiny_roberta(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -322,8 +335,7 @@ def _tiny_roberta(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    # RobertaForSequenceClassification has its own head and no pooler.
-    return RobertaModel(config, add_pooling_layer=False)
+    return RobertaForMaskedLM(config)
 
 
 def _tiny_gpt2(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
@@ -339,6 +351,30 @@ def _tiny_gpt2(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         eos_token_id=eos_id,
     )
     return GPT2LMHeadModel(config)
+
+
+def _pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: list[str], causal: bool,
+              steps: int) -> None:
+    """A short pre-training on the corpus (the caller fixes the random state)."""
+    if tokenizer.pad_token is None:  # GPT-2 has no pad token; pad (ignored in the loss) with eos
+        tokenizer = copy.copy(tokenizer)
+        tokenizer.pad_token = tokenizer.eos_token
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm=not causal, mlm_probability=0.15)
+    encoded = tokenizer(corpus, truncation=True, max_length=TINY_PRETRAIN_LENGTH)["input_ids"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TINY_PRETRAIN_LR, weight_decay=0.01)
+    model.train()
+    order = torch.randperm(len(encoded)).tolist()
+    for step in range(steps):
+        start = (step * TINY_PRETRAIN_BATCH) % len(order)
+        rows = [{"input_ids": encoded[i]} for i in order[start : start + TINY_PRETRAIN_BATCH]] or [{"input_ids": encoded[0]}]
+        batch = collate(rows)
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == steps - 1:
+            logger.info("tiny pre-training step %d: loss %.3f", step, loss.item())
+    model.eval()
 
 
 _MODEL_BUILDERS = {"bert": _tiny_bert, "roberta": _tiny_roberta, "gpt2": _tiny_gpt2}

@@ -39,3 +39,19 @@ def token_batch():
     torch.manual_seed(0)
     ids = torch.randint(3, 100, (2, 12))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_tiny_models(tmp_path_factory):
+    """Build each tiny stand-in model once per session instead of once per test."""
+    import os
+
+    from pst.runners.model_source import CACHE_VARIABLE
+
+    previous = os.environ.get(CACHE_VARIABLE)
+    os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("tiny-models"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_VARIABLE, None)
+    else:
+        os.environ[CACHE_VARIABLE] = previous

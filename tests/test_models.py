@@ -29,7 +29,7 @@ CORPUS = [
 def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Build each arch once per module; the builds are the expensive part."""
     root = tmp_path_factory.mktemp("tiny")
-    return {arch: build_tiny_model(arch, root / arch, CORPUS, vocab_size=400, seed=0)
+    return {arch: build_tiny_model(arch, root / arch, CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
             for arch in ("bert", "roberta", "gpt2")}
 
 
@@ -44,7 +44,7 @@ def test_folder_holds_a_hub_like_checkpoint(tiny_folders: dict[str, Path], arch:
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == arch
-    expected_arch = {"bert": "BertModel", "roberta": "RobertaModel", "gpt2": "GPT2LMHeadModel"}[arch]
+    expected_arch = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel"}[arch]
     assert config["architectures"] == [expected_arch]
 
 
@@ -103,8 +103,8 @@ def test_encoder_weights_come_from_the_checkpoint(tiny_folders: dict[str, Path])
     folder = tiny_folders["bert"]
     saved = _weights(folder)
     model = load_model(folder, "sequence-classification", num_labels=2)
-    key = "encoder.layer.0.attention.self.query.weight"
-    torch.testing.assert_close(model.bert.state_dict()[key], saved[key])
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(model.state_dict()[key], saved[key])
 
 
 def test_gpt2_causal_lm_and_pad_token(tiny_folders: dict[str, Path]) -> None:
@@ -132,7 +132,7 @@ def test_byte_level_tokenizers_round_trip_unseen_text(tiny_folders: dict[str, Pa
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
 def test_same_seed_gives_identical_build(tmp_path: Path, tiny_folders: dict[str, Path], arch: str) -> None:
-    again = build_tiny_model(arch, tmp_path / arch, CORPUS, vocab_size=400, seed=0)
+    again = build_tiny_model(arch, tmp_path / arch, CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
     first, second = _weights(tiny_folders[arch]), _weights(again)
     assert first.keys() == second.keys()
     for key in first:
@@ -141,8 +141,8 @@ def test_same_seed_gives_identical_build(tmp_path: Path, tiny_folders: dict[str,
 
 
 def test_different_seed_gives_different_weights(tmp_path: Path, tiny_folders: dict[str, Path]) -> None:
-    other = build_tiny_model("bert", tmp_path / "bert", CORPUS, vocab_size=400, seed=1)
-    key = "encoder.layer.0.attention.self.query.weight"
+    other = build_tiny_model("bert", tmp_path / "bert", CORPUS, vocab_size=400, pretrain_steps=5, seed=1)
+    key = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.equal(_weights(other)[key], _weights(tiny_folders["bert"])[key])
 
 
@@ -150,30 +150,30 @@ def test_build_does_not_touch_global_rng(tmp_path: Path) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    build_tiny_model("gpt2", tmp_path / "g", CORPUS, vocab_size=400, seed=7)
+    build_tiny_model("gpt2", tmp_path / "g", CORPUS, vocab_size=400, pretrain_steps=5, seed=7)
     torch.testing.assert_close(torch.rand(3), expected)
 
 
 def test_second_call_reuses_folder(tmp_path: Path) -> None:
-    folder = build_tiny_model("roberta", tmp_path / "r", CORPUS, vocab_size=400, seed=0)
+    folder = build_tiny_model("roberta", tmp_path / "r", CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
     stamps = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
-    assert build_tiny_model("roberta", folder, CORPUS, vocab_size=400, seed=0) == folder
+    assert build_tiny_model("roberta", folder, CORPUS, vocab_size=400, pretrain_steps=5, seed=0) == folder
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == stamps
 
 
 def test_changed_settings_rebuild(tmp_path: Path) -> None:
-    folder = build_tiny_model("bert", tmp_path / "b", CORPUS, vocab_size=400, seed=0)
-    before = _weights(folder)["embeddings.word_embeddings.weight"]
-    build_tiny_model("bert", folder, CORPUS, vocab_size=400, seed=1)
+    folder = build_tiny_model("bert", tmp_path / "b", CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
+    before = _weights(folder)["bert.embeddings.word_embeddings.weight"]
+    build_tiny_model("bert", folder, CORPUS, vocab_size=400, pretrain_steps=5, seed=1)
     marker = json.loads((folder / MARKER_FILE).read_text())
     assert marker["seed"] == 1
-    assert not torch.equal(_weights(folder)["embeddings.word_embeddings.weight"], before)
+    assert not torch.equal(_weights(folder)["bert.embeddings.word_embeddings.weight"], before)
 
 
 def test_incomplete_folder_is_rebuilt(tmp_path: Path) -> None:
-    folder = build_tiny_model("gpt2", tmp_path / "g", CORPUS, vocab_size=400, seed=0)
+    folder = build_tiny_model("gpt2", tmp_path / "g", CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
     (folder / "model.safetensors").unlink()
-    build_tiny_model("gpt2", folder, CORPUS, vocab_size=400, seed=0)
+    build_tiny_model("gpt2", folder, CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
     assert load_model(folder, "causal-lm") is not None
 
 
@@ -217,7 +217,7 @@ def test_build_is_identical_across_processes(tmp_path: Path, tiny_folders: dict[
         "import sys, json; from pathlib import Path; from pst.models import build_tiny_model\n"
         "corpus = json.loads(sys.argv[2])\n"
         "for arch in ('bert', 'roberta', 'gpt2'):\n"
-        "    build_tiny_model(arch, Path(sys.argv[1]) / arch, corpus, vocab_size=400, seed=0)\n"
+        "    build_tiny_model(arch, Path(sys.argv[1]) / arch, corpus, vocab_size=400, pretrain_steps=5, seed=0)\n"
     )
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(CORPUS)],

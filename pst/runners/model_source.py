@@ -1,19 +1,23 @@
 """Model names in run configs: hub names for real runs, ``tiny:<arch>`` for smoke runs."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ..models import TINY_ARCHS, build_tiny_model
 
 TINY_PREFIX = "tiny:"
+#: Where tiny models are built when set (tests share one build across the whole session).
+CACHE_VARIABLE = "PST_TINY_MODEL_CACHE"
 
 
 def resolve_model(model: str, models_dir: Path, corpus: Callable[[], list[str]]) -> str:
     """A path or hub name ``from_pretrained`` accepts.
 
     ``tiny:bert`` (or ``tiny:roberta``, ``tiny:gpt2``) builds a tiny random model with a
-    tokenizer trained on ``corpus()`` into ``models_dir`` once and returns that folder, so
+    tokenizer trained on ``corpus()`` into ``models_dir`` (or ``$PST_TINY_MODEL_CACHE``) once,
+    pre-trains it briefly on that corpus, and returns the folder, so
     smoke runs go through the same ``from_pretrained`` path as real checkpoints.
     """
     if not model.startswith(TINY_PREFIX):
@@ -21,4 +25,5 @@ def resolve_model(model: str, models_dir: Path, corpus: Callable[[], list[str]])
     arch = model.removeprefix(TINY_PREFIX)
     if arch not in TINY_ARCHS:
         raise ValueError(f"unknown tiny model {model!r}; expected one of {[TINY_PREFIX + a for a in TINY_ARCHS]}")
-    return str(build_tiny_model(arch, Path(models_dir) / arch, corpus()))
+    models_dir = Path(os.environ.get(CACHE_VARIABLE) or models_dir)
+    return str(build_tiny_model(arch, models_dir / arch, corpus()))
