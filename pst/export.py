@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import PSTConfig
-from .layers import SUPPORTED_MODULES, SparseLayer
+from .layers import SUPPORTED_MODULES
 from .surgery import CONFIG_ATTRIBUTE, matches_target, sparse_layers
 
 logger = logging.getLogger(__name__)

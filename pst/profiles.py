@@ -9,8 +9,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from .runners.glue import GlueRunConfig
+
+if TYPE_CHECKING:
+    from .runners.nlg import NlgRunConfig
 
 PROFILES = ("smoke", "paper")
 PRUNING_BASELINES = ("pst", "magnitude", "movement")

@@ -6,7 +6,6 @@ task's main metric (for methods that do not prune, every evaluation is eligible)
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from ..data.synthetic.glue import synthetic_corpus
 from ..metrics.glue import MAIN_METRIC, make_compute_metrics
 from ..models import load_model, load_tokenizer
 from ..schedule import cubic_sparsity
-from .lifecycle import existing_record, finish_run, run_all, run_paths
+from .lifecycle import existing_record, finish_run, model_summary, run_all, run_paths, training_arguments
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,6 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     model = load_model(model_path, "sequence-classification", num_labels=spec.num_labels,
                        is_regression=spec.is_regression)
     pst.sparsify(model, pst_config)
-    counts = pst.trainable_parameters(model)
 
     eval_splits = {split: features[split] for split in spec.eval_splits}
     trainer = Trainer(
@@ -93,41 +91,19 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     selected = select_evaluation(evaluations, config, spec.eval_splits[0])
     if config.save_scores:
         _save_scores(model, paths.side_file(".scores.safetensors"))
-    report = pst.sparsity_report(model) if any(True for _ in pst.sparse_layers(model)) else []
     body = {
-        "model_name": config.model,
-        "pst_config": pst_config.to_dict(),
+        **model_summary(model, config),
         "main_metric": MAIN_METRIC[config.task],
         "evaluations": evaluations,
         "selected": selected,
-        "measured_sparsity": {row["name"]: row["sparsity"] for row in report},
-        "mean_sparsity": (sum(r["zeros"] for r in report) / sum(r["numel"] for r in report)) if report else 0.0,
-        "trainable_parameters": dataclasses.asdict(counts) | {"percent": counts.percent},
         "train_steps": trainer.state.global_step,
     }
     return finish_run(paths, config, body, started)
 
 
 def _training_arguments(config: GlueRunConfig, output_dir: Path) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        lr_scheduler_type="linear",
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        logging_strategy="epoch",
-        seed=config.seed,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-    )
+    return training_arguments(config, output_dir, per_device_eval_batch_size=config.eval_batch_size,
+                              eval_strategy="epoch")
 
 
 def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...]) -> list[dict]:

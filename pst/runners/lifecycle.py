@@ -10,9 +10,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
+from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from .. import surgery
+from ..export import sparsity_report
 from ..results import environment_info, read_record, record_path, run_id, write_record
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,45 @@ class RunPaths:
 def run_paths(config: Any, results_dir: Path, work_dir: Path) -> RunPaths:
     rid = run_id(dataclasses.asdict(config))
     return RunPaths(rid, record_path(results_dir, rid), Path(work_dir) / "checkpoints" / rid)
+
+
+def training_arguments(config: Any, output_dir: Path, **specific: Any) -> TrainingArguments:
+    """What every run's Trainer shares: AdamW with a linear schedule, a checkpoint per epoch
+    (the last one only) to resume from, no external loggers; ``specific`` adds the rest."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        lr_scheduler_type="linear",
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        save_strategy="epoch",
+        save_total_limit=1,
+        logging_strategy="epoch",
+        seed=config.seed,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        **specific,
+    )
+
+
+def model_summary(model: torch.nn.Module, config: Any) -> dict:
+    """The record fields about the trained model: method settings, measured sparsity, counts.
+
+    Call it before ``pst.merge``: the counts and the per-matrix report read the sparse layers.
+    """
+    report = sparsity_report(model) if any(True for _ in surgery.sparse_layers(model)) else []
+    counts = surgery.trainable_parameters(model)
+    return {
+        "model_name": config.model,
+        "pst_config": getattr(model, surgery.CONFIG_ATTRIBUTE).to_dict(),  # resolved: the actual targets
+        "measured_sparsity": {row["name"]: row["sparsity"] for row in report},
+        "mean_sparsity": (sum(r["zeros"] for r in report) / sum(r["numel"] for r in report)) if report else 0.0,
+        "trainable_parameters": dataclasses.asdict(counts) | {"percent": counts.percent},
+    }
 
 
 def finish_run(paths: RunPaths, config: Any, body: dict, started: float, keep_checkpoints: bool = False) -> dict:

@@ -6,7 +6,6 @@ no-repeat n-gram size 4, at most 64 new tokens.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from ..data.synthetic.nlg import synthetic_nlg_corpus
 from ..metrics.nlg import e2e_scores, webnlg_scores
 from ..models import load_model, load_tokenizer
 from ..results import write_jsonl
-from .lifecycle import existing_record, finish_run, run_all, run_paths
+from .lifecycle import existing_record, finish_run, model_summary, run_all, run_paths, training_arguments
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -81,7 +80,6 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
                     seed=config.seed, synthetic_sizes=config.synthetic_sizes)
     model = load_model(model_path, "causal-lm")
     pst.sparsify(model, pst_config)
-    counts = pst.trainable_parameters(model)
 
     trainer = Trainer(
         model=model,
@@ -93,7 +91,7 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
     trainer.train(resume_from_checkpoint=paths.last_checkpoint())
     if not trainer.is_world_process_zero():
         return {}
-    report = pst.sparsity_report(model) if any(True for _ in pst.sparse_layers(model)) else []
+    summary = model_summary(model, config)
     model = pst.merge(model).eval()  # decode with plain dense kernels: the mask is fixed from here on
 
     subsets = ("all", "seen", "unseen") if config.task == "webnlg" else ("all",)
@@ -113,13 +111,9 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
     predictions_file = paths.side_file(PREDICTIONS_SUFFIX)
     write_jsonl(predictions_file, [row for rows in outputs.values() for row in rows])
     body = {
-        "model_name": config.model,
-        "pst_config": pst_config.to_dict(),
+        **summary,
         "metrics": metrics,
         "predictions_file": predictions_file.name,
-        "measured_sparsity": {row["name"]: row["sparsity"] for row in report},
-        "mean_sparsity": (sum(r["zeros"] for r in report) / sum(r["numel"] for r in report)) if report else 0.0,
-        "trainable_parameters": dataclasses.asdict(counts) | {"percent": counts.percent},
         "train_steps": trainer.state.global_step,
         "train_loss": next((e["train_loss"] for e in reversed(trainer.state.log_history) if "train_loss" in e), None),
     }
@@ -127,25 +121,7 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
 
 
 def _training_arguments(config: NlgRunConfig, output_dir: Path) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.epochs,
-        lr_scheduler_type="linear",
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        label_smoothing_factor=config.label_smoothing,
-        eval_strategy="no",
-        save_strategy="epoch",
-        save_total_limit=1,
-        logging_strategy="epoch",
-        seed=config.seed,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-    )
+    return training_arguments(config, output_dir, label_smoothing_factor=config.label_smoothing, eval_strategy="no")
 
 
 @torch.no_grad()
