@@ -602,7 +602,7 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
         ax.grid(True, linewidth=0.4, alpha=0.5)
     if tasks:
         axes[0].legend(fontsize=8)
-    figure.suptitle(f"Main dev metric against target sparsity (model: {', '.join(models)})", fontsize=11)
+    figure.suptitle(f"Dev metric against sparsity\n(model: {', '.join(models)})", fontsize=10)
     if path_stem is not None:
         save_figure(figure, path_stem)
     return figure
