@@ -83,3 +83,18 @@ def test_unknown_task_and_method_are_rejected(workdir):
         run_glue(smoke_config("squad"), workdir / "results", workdir / "work")
     with pytest.raises(ValueError, match="unknown method"):
         run_glue(smoke_config("sst2", method="prune-it"), workdir / "results", workdir / "work")
+
+
+def test_command_line_runs_one_config_and_rejects_bad_files(workdir, capsys):
+    from pst.runners.__main__ import main
+
+    config = workdir / "run.json"
+    config.write_text(json.dumps({"experiment": "cli", "task": "sst2", "model": "tiny:bert", "method": "pst",
+                                  "learning_rate": 3e-3, "epochs": 1, "batch_size": 16, "data_source": "synthetic"}))
+    main(["glue", str(config), "--out", str(workdir / "cli")])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"].startswith("cli/sst2-pst")
+    assert list((workdir / "cli" / "results" / "cli").glob("*.json"))
+    config.write_text(json.dumps({"experiment": "cli", "no_such_field": 1}))
+    with pytest.raises(SystemExit):
+        main(["glue", str(config)])
+    assert "does not hold the fields of a GlueRunConfig" in capsys.readouterr().err
