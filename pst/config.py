@@ -27,38 +27,55 @@ ARCHITECTURE_DEFAULTS: dict[str, dict] = {
 
 @dataclass
 class PSTConfig:
-    """Settings of one sparse fine-tuning method (peft-style).
+    """Settings of one sparse fine-tuning method, peft-style: every field below is documented.
 
-    The defaults are the paper's: ranks r1 = r2 = 8, beta = alpha1 = alpha2 = 1, target
-    sparsity 90%, cubic schedule with 10% dense warm-up and 30% constant cool-down.
-
-    ``target_modules`` is a list of module-name suffixes (``["query", "value"]``) or one
-    regular expression that must match a full module name; ``None`` takes the
-    architecture's default (see ``ARCHITECTURE_DEFAULTS``).
-
-    ``train_head``: whether the task head (``head_modules``, e.g. BERT's ``classifier``)
-    trains. Default True. The official GLUE script passes only the PST parameters to its
-    optimizer, so its randomly initialised classifier never trains; we consider that an
-    accident and train the head, which also makes the comparison with the baselines fair.
+    The defaults are the paper's (docs/method.md): ranks r1 = r2 = 8, beta = alpha1 = alpha2 = 1,
+    target sparsity 90%, cubic schedule with a 10% dense warm-up and a 30% cool-down at the
+    target. For a weight W (n x k): W' = W + beta U V, S = |W'| + alpha1 A B + alpha2 (R 1^T + 1 C^T),
+    and the mask M zeroes the floor(p n k) smallest entries of S.
     """
 
+    #: Which method runs: "pst" (the paper's), or a baseline: "magnitude" (MaP), "movement" (MvP),
+    #: "lora" (low-rank update, no pruning), "dense" (full fine-tuning, no pruning). See ``pst.methods``.
     method: str = "pst"
+    #: Target sparsity p_T in [0, 1): the fraction of each matrix's weights zeroed at the end.
     sparsity: float = 0.9
+    #: r1, the rank of the weight update U V (U: n x r1, V: r1 x k). The official code's ``weight_rank``.
     weight_rank: int = 8
+    #: r2, the rank of the data-driven score term A B (A: n x r2, B: r2 x k). The official code's ``mask_rank``.
     score_rank: int = 8
+    #: beta, the scale of the weight update: W' = W + beta U V.
     beta: float = 1.0
+    #: alpha1, the weight of the low-rank score term A B in S.
     alpha1: float = 1.0
+    #: alpha2, the weight of the structured score term R 1^T + 1 C^T (per row, per column) in S.
     alpha2: float = 1.0
-    # Ablation switches for the PST score S = |W'| + alpha1 AB + alpha2 (R + C).
+    #: Ablation switch: keep the data-free term |W'| in S.
     score_magnitude: bool = True
+    #: Ablation switch: keep the low-rank term alpha1 A B in S.
     score_low_rank: bool = True
+    #: Ablation switch: keep the structured term alpha2 (R 1^T + 1 C^T) in S.
     score_structured: bool = True
+    #: Which modules to sparsify: module-name suffixes (``["query", "value"]``, as in peft) or
+    #: one regular expression that must match a full module name. ``None``: the architecture's
+    #: default (``ARCHITECTURE_DEFAULTS``); embeddings, pooler and heads are never targets.
     target_modules: list[str] | str | None = None
+    #: Modules of the task head (e.g. BERT's ``classifier``), trained when ``train_head``.
+    #: ``None``: the architecture's default.
     head_modules: list[str] | None = None
+    #: Whether the task head trains. The official GLUE script hands its optimizer only the PST
+    #: parameters, so its randomly initialised classifier never trains; we take that for an
+    #: accident and train the head (also fair to the baselines). False reproduces the official script.
     train_head: bool = True
+    #: Modules that fuse several matrices the paper's model keeps apart, by name suffix, with
+    #: their number of blocks (GPT-2 ``{"c_attn": 3}``: q, k, v). Each block gets its own mask
+    #: and its own V, B and C. ``None``: the architecture's default.
     fused_modules: dict[str, int] | None = None
-    initial_warmup: float = 0.1
-    final_warmup: float = 0.3
+    #: w_i, the fraction of training steps run dense before pruning starts (sparsity p_0).
+    warmup_fraction: float = 0.1
+    #: w_f, the fraction of the last training steps held at the target sparsity p_T.
+    cooldown_fraction: float = 0.3
+    #: p_0, the sparsity during the warm-up, from which the cubic schedule rises to p_T.
     initial_sparsity: float = 0.0
 
     def __post_init__(self) -> None:
@@ -75,13 +92,13 @@ class PSTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("initial_warmup", "final_warmup"):
+        for name in ("warmup_fraction", "cooldown_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
-        if self.initial_warmup + self.final_warmup > 1.0:
+        if self.warmup_fraction + self.cooldown_fraction > 1.0:
             raise ValueError(
-                f"initial_warmup + final_warmup must be <= 1, got {self.initial_warmup} + {self.final_warmup}"
+                f"warmup_fraction + cooldown_fraction must be <= 1, got {self.warmup_fraction} + {self.cooldown_fraction}"
             )
         if isinstance(self.target_modules, str):
             try:

@@ -14,8 +14,8 @@ logger = logging.getLogger(__name__)
 def cubic_sparsity(
     step: int,
     total_steps: int,
-    initial_warmup: float = 0.1,
-    final_warmup: float = 0.3,
+    warmup_fraction: float = 0.1,
+    cooldown_fraction: float = 0.3,
     initial_sparsity: float = 0.0,
     final_sparsity: float = 0.9,
 ) -> float:
@@ -31,10 +31,10 @@ def cubic_sparsity(
     for name, value in (("initial_sparsity", initial_sparsity), ("final_sparsity", final_sparsity)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if not (0.0 <= initial_warmup and 0.0 <= final_warmup and initial_warmup + final_warmup <= 1.0):
-        raise ValueError(f"warm-up fractions must be >= 0 and sum to <= 1, got {initial_warmup}, {final_warmup}")
-    warmup_steps = initial_warmup * total_steps
-    cooldown_start = total_steps - final_warmup * total_steps
+    if not (0.0 <= warmup_fraction and 0.0 <= cooldown_fraction and warmup_fraction + cooldown_fraction <= 1.0):
+        raise ValueError(f"warm-up fractions must be >= 0 and sum to <= 1, got {warmup_fraction}, {cooldown_fraction}")
+    warmup_steps = warmup_fraction * total_steps
+    cooldown_start = total_steps - cooldown_fraction * total_steps
     if step <= warmup_steps:
         return initial_sparsity
     if step > cooldown_start:
@@ -54,8 +54,8 @@ class SparsityScheduler:
         self,
         model: nn.Module,
         total_steps: int,
-        initial_warmup: float | None = None,
-        final_warmup: float | None = None,
+        warmup_fraction: float | None = None,
+        cooldown_fraction: float | None = None,
         initial_sparsity: float | None = None,
         final_sparsity: float | None = None,
         last_step: int = 0,
@@ -67,8 +67,8 @@ class SparsityScheduler:
 
         self.model = model
         self.total_steps = total_steps
-        self.initial_warmup = pick(initial_warmup, "initial_warmup", 0.1)
-        self.final_warmup = pick(final_warmup, "final_warmup", 0.3)
+        self.warmup_fraction = pick(warmup_fraction, "warmup_fraction", 0.1)
+        self.cooldown_fraction = pick(cooldown_fraction, "cooldown_fraction", 0.3)
         self.initial_sparsity = pick(initial_sparsity, "initial_sparsity", 0.0)
         self.final_sparsity = pick(final_sparsity, "sparsity", 0.9)
         self.last_step = last_step
@@ -79,8 +79,8 @@ class SparsityScheduler:
         return cubic_sparsity(
             self.last_step if step is None else step,
             self.total_steps,
-            self.initial_warmup,
-            self.final_warmup,
+            self.warmup_fraction,
+            self.cooldown_fraction,
             self.initial_sparsity,
             self.final_sparsity,
         )

@@ -32,8 +32,8 @@ _MAIN = {"mnli": ("validation_matched", "accuracy"), "qqp": ("validation", "f1")
 
 
 def _pst_config(method: str, sparsity: float, overrides: dict) -> dict:
-    config = {"alpha1": 1.0, "alpha2": 1.0, "beta": 1.0, "final_warmup": 0.3, "fused_modules": None,
-              "head_modules": None, "initial_sparsity": 0.0, "initial_warmup": 0.1, "method": method,
+    config = {"alpha1": 1.0, "alpha2": 1.0, "beta": 1.0, "cooldown_fraction": 0.3, "fused_modules": None,
+              "head_modules": None, "initial_sparsity": 0.0, "warmup_fraction": 0.1, "method": method,
               "score_low_rank": True, "score_magnitude": True, "score_rank": 8, "score_structured": True,
               "sparsity": sparsity, "target_modules": None, "train_head": True, "weight_rank": 8}
     return {**config, **overrides}

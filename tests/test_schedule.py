@@ -41,7 +41,7 @@ def test_schedule_properties(total, w_i, w_f, p0, p_t):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [(dict(total_steps=0), "total_steps"), (dict(step=-1), "step"), (dict(final_sparsity=1.0), "final_sparsity"),
-     (dict(initial_warmup=0.8, final_warmup=0.3), "warm-up")],
+     (dict(warmup_fraction=0.8, cooldown_fraction=0.3), "warm-up")],
 )
 def test_schedule_rejects_bad_arguments(kwargs, message):
     arguments = dict(step=1, total_steps=10) | kwargs

@@ -119,7 +119,7 @@ def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...]) -> list[dict]:
         evaluation = by_step.setdefault(step, {
             "step": step,
             "epoch": entry.get("epoch"),
-            "sparsity": cubic_sparsity(step, max_steps, config.initial_warmup, config.final_warmup,
+            "sparsity": cubic_sparsity(step, max_steps, config.warmup_fraction, config.cooldown_fraction,
                                        config.initial_sparsity, config.sparsity) if pst.get_method(config.method).prunes else 0.0,
             "metrics": {},
         })
