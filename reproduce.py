@@ -41,7 +41,7 @@ logger = logging.getLogger("reproduce")
 
 def planned_runs(name: str, profile: str) -> list:
     """The training runs a notebook launches (for --dry-run)."""
-    from pst import profiles
+    from pst.repro import profiles
 
     plans = {
         "02_importance_scores": lambda: profiles.analysis_runs(profile),
@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if unknown:
             parser.error(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
     if args.shard is not None:
-        from pst.results import parse_shard
+        from pst.repro.results import parse_shard
 
         try:
             parse_shard(args.shard)
@@ -102,9 +102,9 @@ def notebook_parameters(args: argparse.Namespace) -> dict:
 
 
 def dry_run(names: list[str], args: argparse.Namespace) -> None:
-    from pst import profiles
-    from pst.results import record_exists, run_id
-    from pst.workspace import Workspace, shard_of
+    from pst.repro import profiles
+    from pst.repro.results import record_exists, run_id
+    from pst.repro.workspace import Workspace, shard_of
     import dataclasses
 
     results = Workspace(args.out.resolve()).results
@@ -116,7 +116,7 @@ def dry_run(names: list[str], args: argparse.Namespace) -> None:
         total_todo += todo
         print(f"  {name:<22} {len(runs):>4} runs, {len(runs) - len(todo):>4} done, {len(todo):>4} to do")
     hours = profiles.estimated_gpu_hours(total_todo)
-    cost = (f"about {hours:,.0f} GPU-hours (assumed throughput, see pst.profiles.ASSUMED_STEPS_PER_SECOND)"
+    cost = (f"about {hours:,.0f} GPU-hours (assumed throughput, see pst.repro.profiles.ASSUMED_STEPS_PER_SECOND)"
             if args.profile == "paper" else "minutes on a CPU")
     print(f"to do: {len(total_todo)} runs; estimated cost: {cost}")
 

@@ -46,7 +46,7 @@ def shared_tiny_models(tmp_path_factory):
     """Build each tiny stand-in model once per session instead of once per test."""
     import os
 
-    from pst.runners.model_source import CACHE_VARIABLE
+    from pst.repro.runners.model_source import CACHE_VARIABLE
 
     previous = os.environ.get(CACHE_VARIABLE)
     os.environ[CACHE_VARIABLE] = str(tmp_path_factory.mktemp("tiny-models"))

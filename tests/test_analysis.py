@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 
 import pst
 from pst import PSTConfig, SparseLayer
-from pst.analysis import (
+from pst.repro.analysis import (
     explained_share_figure,
     heatmap_figure,
     iid_expected_shares,
@@ -238,7 +238,7 @@ def test_score_matrices_splits_fused_blocks():
 
 @pytest.mark.parametrize("method", ["movement", "pst"])
 def test_load_scores_reads_what_a_run_saves(tmp_path, tiny_model, method):
-    from pst.runners.glue import _save_scores
+    from pst.repro.runners.glue import _save_scores
 
     model = pst.sparsify(tiny_model("bert"), PSTConfig(method=method))
     for _, layer in pst.sparse_layers(model):

@@ -15,9 +15,9 @@ from scipy.stats import pearsonr
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
 
-import pst.data.glue as glue_module
-from pst.data.glue import GLUE_TASKS, get_task, glue_features, load_glue, tokenize_glue
-from pst.data.synthetic.glue import VOCABULARY, synthetic_corpus, synthetic_glue
+import pst.repro.data.glue as glue_module
+from pst.repro.data.glue import GLUE_TASKS, get_task, glue_features, load_glue, tokenize_glue
+from pst.repro.data.synthetic.glue import VOCABULARY, synthetic_corpus, synthetic_glue
 
 EXPECTED_TEXT_KEYS = {
     "sst2": ("sentence",), "cola": ("sentence",),

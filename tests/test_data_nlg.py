@@ -16,8 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pst.data import nlg
-from pst.data.nlg import (
+from pst.repro.data import nlg
+from pst.repro.data.nlg import (
     IGNORE_INDEX,
     LMDataCollator,
     build_lm_features,
@@ -29,7 +29,7 @@ from pst.data.nlg import (
     linearise_triples,
     load_nlg,
 )
-from pst.data.synthetic.nlg import synthetic_nlg, synthetic_nlg_corpus
+from pst.repro.data.synthetic.nlg import synthetic_nlg, synthetic_nlg_corpus
 
 EOS = "<|endoftext|>"
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import EvalPrediction
 
-from pst.data.glue import GLUE_TASKS
-from pst.metrics.glue import (
+from pst.repro.data.glue import GLUE_TASKS
+from pst.repro.metrics.glue import (
     GLUE_MODULE_PATH,
     MAIN_METRIC,
     METRIC_CONFIGS,

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pst.metrics import nlg
-from pst.metrics.nist import mteval_tokenize, nist_score
+from pst.repro.metrics import nlg
+from pst.repro.metrics.nist import mteval_tokenize, nist_score
 
 needs_java = pytest.mark.skipif(not nlg.java_available(), reason="java is not installed")
 
@@ -281,7 +281,7 @@ def test_nist_length_penalty_and_empty_corpus():
 
 
 def test_e2e_without_java_warns_and_still_scores(no_java, caplog):
-    with caplog.at_level(logging.WARNING, logger="pst.metrics.nlg"):
+    with caplog.at_level(logging.WARNING, logger="pst.repro.metrics.nlg"):
         scores = nlg.e2e_scores(**E2E_SMALL)
     assert scores["METEOR"] is None
     assert "Java is not on PATH" in caplog.text and "METEOR is unavailable" in caplog.text
@@ -325,7 +325,7 @@ def test_webnlg_missing_references_act_as_eval_py_empty_lines(no_java):
 
 
 def test_webnlg_without_java_warns(no_java, caplog):
-    with caplog.at_level(logging.WARNING, logger="pst.metrics.nlg"):
+    with caplog.at_level(logging.WARNING, logger="pst.repro.metrics.nlg"):
         scores = nlg.webnlg_scores(**WEBNLG_SMALL)
     assert scores["METEOR"] is None
     assert "METEOR is unavailable" in caplog.text

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pst.models import (
+from pst.repro.models import (
     MARKER_FILE,
     build_tiny_model,
     load_model,
@@ -214,7 +214,7 @@ def test_build_is_identical_across_processes(tmp_path: Path, tiny_folders: dict[
     import sys
 
     script = (
-        "import sys, json; from pathlib import Path; from pst.models import build_tiny_model\n"
+        "import sys, json; from pathlib import Path; from pst.repro.models import build_tiny_model\n"
         "corpus = json.loads(sys.argv[2])\n"
         "for arch in ('bert', 'roberta', 'gpt2'):\n"
         "    build_tiny_model(arch, Path(sys.argv[1]) / arch, corpus, vocab_size=400, pretrain_steps=5, seed=0)\n"

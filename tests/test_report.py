@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pst import report
-from pst.profiles import SCORE_VARIANTS
-from pst.results import record_path, run_id, write_record
+from pst.repro import report
+from pst.repro.profiles import SCORE_VARIANTS
+from pst.repro.results import record_path, run_id, write_record
 
 DASH = report.MISSING
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pst import results
-from pst.results import (
+from pst.repro import results
+from pst.repro.results import (
     environment_info,
     git_commit,
     iter_records,

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import pst
-from pst.results import read_record
-from pst.runners.glue import GlueRunConfig, run_glue
-from pst.runners.lifecycle import run_paths
+from pst.repro.results import read_record
+from pst.repro.configs import GlueRunConfig
+from pst.repro.runners.glue import run_glue
+from pst.repro.runners.lifecycle import run_paths
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,7 @@ def test_unknown_task_and_method_are_rejected(workdir):
 
 
 def test_command_line_runs_one_config_and_rejects_bad_files(workdir, capsys):
-    from pst.runners.__main__ import main
+    from pst.repro.runners.__main__ import main
 
     config = workdir / "run.json"
     config.write_text(json.dumps({"experiment": "cli", "task": "sst2", "model": "tiny:bert", "method": "pst",

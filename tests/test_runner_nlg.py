@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from pst import profiles
-from pst.results import read_jsonl
-from pst.runners.lifecycle import run_paths
-from pst.runners.nlg import PREDICTIONS_SUFFIX, run_nlg
+from pst.repro import profiles
+from pst.repro.results import read_jsonl
+from pst.repro.runners.lifecycle import run_paths
+from pst.repro.runners.nlg import PREDICTIONS_SUFFIX, run_nlg
 
 pytestmark = pytest.mark.slow
 

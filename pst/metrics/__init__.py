@@ -1,1 +1,0 @@
-"""Task metrics, offline: GLUE (``pst.metrics.glue``) and NLG (``pst.metrics.nlg``)."""

@@ -1,0 +1,73 @@
+"""The configs of one GLUE run and one NLG run: the identity of a run, light to import.
+
+Profiles build them, runners execute them, the report and ``reproduce.py`` read them; none
+of those needs the others to know what a run is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pst
+
+
+class _RunConfig:
+    """What both run configs share: the PST settings of the run."""
+
+    def pst_config(self) -> pst.PSTConfig:
+        """The run's ``PSTConfig``: its method and sparsity plus the ``pst`` overrides."""
+        return pst.PSTConfig(method=self.method, sparsity=self.sparsity, **self.pst)
+
+
+@dataclass(frozen=True)
+class GlueRunConfig(_RunConfig):
+    """Everything that defines one GLUE run; its JSON is the run's identity."""
+
+    experiment: str
+    task: str
+    model: str  # hub name, local folder, or tiny:bert / tiny:roberta
+    method: str
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    sparsity: float = 0.9
+    seed: int = 0
+    data_source: str = "hub"  # hub | local | synthetic
+    data_dir: str | None = None
+    synthetic_sizes: dict[str, int] | None = None
+    max_length: int = 128
+    eval_batch_size: int = 128
+    weight_decay: float = 0.0
+    warmup_steps: float = 0  # an int counts steps, a float in [0, 1) is a fraction of training
+    pst: dict = field(default_factory=dict)  # PSTConfig overrides: ranks, ablation switches, ...
+    save_scores: bool = False  # keep learned score matrices for the importance-score analysis
+
+
+@dataclass(frozen=True)
+class NlgRunConfig(_RunConfig):
+    """Everything that defines one NLG run; its JSON is the run's identity."""
+
+    experiment: str
+    task: str  # e2e | dart | webnlg
+    model: str  # hub name (gpt2-medium), local folder, or tiny:gpt2
+    method: str
+    learning_rate: float = 1e-4
+    epochs: int = 5
+    batch_size: int = 8
+    sparsity: float = 0.9
+    seed: int = 0
+    data_source: str = "hub"  # hub | local | synthetic
+    data_dir: str | None = None
+    data_url: str | None = None
+    synthetic_sizes: dict[str, int] | None = None
+    max_length: int = 512
+    warmup_steps: int = 500
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.0
+    eval_split: str = "test"
+    max_eval_inputs: int | None = None  # decode only the first N inputs (smoke runs)
+    num_beams: int = 10
+    length_penalty: float = 0.8
+    no_repeat_ngram_size: int = 4
+    max_new_tokens: int = 64
+    decode_batch_size: int = 16
+    pst: dict = field(default_factory=dict)

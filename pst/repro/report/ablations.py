@@ -1,0 +1,180 @@
+"""The ablation tables (score components, ranks, sparsity) and the accuracy-against-sparsity figure."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+from ..profiles import SCORE_VARIANTS
+from .columns import (
+    AVERAGE_COLUMN,
+    METHOD_STYLE,
+    METRIC_NAMES,
+    MISSING,
+    average,
+    frame,
+    glue_task,
+    main_label,
+    main_percent,
+    method_name,
+    ordered_methods,
+    ordered_tasks,
+)
+from .files import new_figure, save_figure
+from .records import ABLATION_EXPERIMENTS, Records, best_runs, describe, get, glue_records, is_number
+
+
+def score_variant(record: Mapping) -> str:
+    """Which score S a PST record used, by :data:`pst.repro.profiles.SCORE_VARIANTS` name.
+
+    Read from the record's ``pst_config`` switches (or the config's ``pst`` overrides on the
+    defaults); a combination outside ``SCORE_VARIANTS`` is named by its terms.
+    """
+
+    switches = {"score_magnitude": True, "score_low_rank": True, "score_structured": True}
+    source = record.get("pst_config")
+    if not isinstance(source, Mapping):
+        source = get(record, "config.pst", {})
+    switches.update({k: bool(v) for k, v in (source or {}).items() if k in switches})
+    for name, overrides in SCORE_VARIANTS.items():
+        if switches == {**{k: True for k in switches}, **overrides}:
+            return name
+    terms = [t for t, on in zip(("|W'|", "AB", "R + C"), switches.values()) if on]
+    return " + ".join(terms)
+
+
+def _ranks(record: Mapping) -> tuple[int, int]:
+    def rank(key: str) -> int:
+        value = get(record, f"pst_config.{key}", get(record, f"config.pst.{key}", 8))
+        return int(value)
+
+    return rank("weight_rank"), rank("score_rank")
+
+
+def _main_metric_rows(best: Mapping[tuple, dict], row_keys: Sequence, labels: Mapping, tasks: Sequence[str],
+                      ) -> dict[str, dict]:
+    rows = {}
+    for key in row_keys:
+        values = {main_label(task): main_percent(best.get((task, key))) for task in tasks}
+        rows[labels[key]] = {**values, AVERAGE_COLUMN: average(list(values.values()))}
+    return rows
+
+
+def score_ablation_table(results_dir: Records, experiment: str = ABLATION_EXPERIMENTS["score"]) -> "pd.DataFrame":
+    """PST with parts of its score S removed: rows score variants, columns tasks' main metric (%).
+
+    Rows in :data:`pst.repro.profiles.SCORE_VARIANTS` order (the last, ``|W'| + AB + R + C``, is the
+    paper's PST); columns the tasks present (main metric on the primary dev split, percent)
+    and "Avg (main metrics)".
+    """
+    records = glue_records(results_dir, experiment)
+    if not records:
+        raise ValueError(f"no records of experiment {experiment!r} in {describe(results_dir)}")
+    best = best_runs(records, by=("task", score_variant))
+    variants = {variant for _, variant in best}
+
+    order = [v for v in SCORE_VARIANTS if v in variants] + sorted(variants - set(SCORE_VARIANTS))
+    tasks = ordered_tasks(task for task, _ in best)
+    rows = _main_metric_rows(best, order, {v: v for v in order}, tasks)
+    decimals = {c: 1 for c in (*(main_label(t) for t in tasks), AVERAGE_COLUMN)}
+    note = (f"{experiment}: PST on BERT with score S = |W'| + AB + R + C or parts of it; dev main metric in percent, "
+            "best run per task and variant.")
+    return frame(rows, "Score S", decimals, note)
+
+
+def rank_ablation_table(results_dir: Records, experiment: str = ABLATION_EXPERIMENTS["rank"]) -> "pd.DataFrame":
+    """PST with other ranks: rows (r1, r2), columns tasks' main metric (%) and the added parameters.
+
+    r1 is the weight update's rank (U: n x r1, V: r1 x k), r2 the score's (A, B). Rows sorted by
+    (r1, r2); "Added parameters" is what the method adds to the model of those runs.
+    """
+    records = glue_records(results_dir, experiment)
+    if not records:
+        raise ValueError(f"no records of experiment {experiment!r} in {describe(results_dir)}")
+    best = best_runs(records, by=("task", _ranks))
+    pairs = sorted({pair for _, pair in best})
+    tasks = ordered_tasks(task for task, _ in best)
+    labels = {pair: f"r1={pair[0]}, r2={pair[1]}" for pair in pairs}
+    rows = _main_metric_rows(best, pairs, labels, tasks)
+    for pair in pairs:
+        added = [get(r, "trainable_parameters.added") for (t, p), r in best.items() if p == pair]
+        added = [a for a in added if is_number(a)]
+        rows[labels[pair]]["Added parameters"] = int(max(added)) if added else MISSING
+    decimals = {c: 1 for c in (*(main_label(t) for t in tasks), AVERAGE_COLUMN)}
+    note = (f"{experiment}: PST on BERT; r1 = rank of the weight update UV, r2 = rank of the score term AB "
+            "(the paper uses r1 = r2 = 8). Dev main metric in percent.")
+    return frame(rows, "Ranks (r1 update, r2 score)", decimals, note)
+
+
+def _sparsity_best(results_dir: Records, experiment: str) -> dict[tuple, dict]:
+    records = glue_records(results_dir, experiment)
+    if not records:
+        raise ValueError(f"no records of experiment {experiment!r} in {describe(results_dir)}")
+    return best_runs(records, by=("task", "method", "config.sparsity"))
+
+
+def sparsity_table(results_dir: Records, experiment: str = ABLATION_EXPERIMENTS["sparsity"]) -> "pd.DataFrame":
+    """Main metric against target sparsity: rows sparsities, columns task x method (percent).
+
+    Columns are "<task (metric)> <method>", task-major in the paper's task order, methods in
+    the order PST, MaP, MvP.
+    """
+    best = _sparsity_best(results_dir, experiment)
+    tasks = ordered_tasks(task for task, _, _ in best)
+    methods = ordered_methods(method for _, method, _ in best)
+    sparsities = sorted({s for _, _, s in best if is_number(s)})
+    rows = {}
+    for sparsity in sparsities:
+        rows[f"{100 * sparsity:g}%"] = {
+            f"{main_label(task)} {method_name(method)}": main_percent(best.get((task, method, sparsity)))
+            for task in tasks for method in methods
+        }
+    columns = [f"{main_label(t)} {method_name(m)}" for t in tasks for m in methods]
+    note = f"{experiment}: dev main metric (percent) of the best run per task, method and target sparsity."
+    return frame(rows, "Target sparsity", {c: 1 for c in columns}, note)
+
+
+def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = None,
+                    experiment: str = ABLATION_EXPERIMENTS["sparsity"]) -> "Figure":
+    """Main dev metric against target sparsity: one panel per task, one line per method.
+
+    Saved as ``<path_stem>.png`` and ``.pdf`` when ``path_stem`` is given; always returned.
+    """
+    best = _sparsity_best(results_dir, experiment)
+    tasks = ordered_tasks(task for task, _, _ in best)
+    methods = ordered_methods(method for _, method, _ in best)
+    models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for r in best.values()})
+    columns = min(len(tasks), 4) or 1
+    grid_rows = math.ceil(max(len(tasks), 1) / columns)
+    figure = new_figure(3.6 * columns, 3.0 * grid_rows + 0.4)
+    axes = figure.subplots(grid_rows, columns, squeeze=False).ravel()
+    for ax in axes[len(tasks):]:
+        ax.remove()
+    for ax, task in zip(axes, tasks):
+        main = glue_task(task).main_metric
+        metric = METRIC_NAMES.get(main, main)
+        for method in methods:
+            points = sorted((100 * s, main_percent(r)) for (t, m, s), r in best.items()
+                            if t == task and m == method and is_number(s))
+            points = [(x, y) for x, y in points if is_number(y)]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, label=method_name(method), linewidth=1.5, markersize=5,
+                        **METHOD_STYLE.get(method, {}))
+        ax.set_title(f"{main_label(task)}", fontsize=10)
+        ax.set_xlabel("target sparsity (%)")
+        ax.set_ylabel(f"dev {metric} (%)")
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+    if tasks:
+        axes[0].legend(fontsize=8)
+    figure.suptitle(f"Dev metric against sparsity\n(model: {', '.join(models)})", fontsize=10)
+    if path_stem is not None:
+        save_figure(figure, path_stem)
+    return figure

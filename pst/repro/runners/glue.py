@@ -1,0 +1,143 @@
+"""One GLUE run: load data and model, sparsify, train with the Trainer, select, record.
+
+Model selection follows the official code: evaluate on the dev set every epoch and,
+among the evaluations made once the target sparsity is reached, keep the best by the
+task's main metric (for methods that do not prune, every evaluation is eligible).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+import pst
+
+from ...schedule import cubic_sparsity
+from ..configs import GlueRunConfig
+from ..data.glue import get_task, load_glue, tokenize_glue
+from ..data.synthetic.glue import synthetic_corpus
+from ..metrics.glue import MAIN_METRIC, make_compute_metrics
+from ..models import load_model, load_tokenizer
+from .lifecycle import existing_record, finish_run, model_summary, run_all, run_paths, training_arguments
+from .model_source import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bool = False) -> dict:
+    """Run (or skip, or resume) one GLUE run and return its record."""
+    paths = run_paths(config, results_dir, work_dir)
+    if (record := existing_record(paths, force)) is not None:
+        return record
+    started = time.time()
+    spec = get_task(config.task)
+    pst_config = config.pst_config()  # validates before any work
+    set_seed(config.seed)
+
+    model_path = resolve_model(config.model, Path(work_dir) / "models", lambda: synthetic_corpus(4000, seed=0))
+    tokenizer = load_tokenizer(model_path)
+    data = load_glue(config.task, config.data_source, data_dir=config.data_dir, seed=config.seed,
+                     synthetic_sizes=config.synthetic_sizes)
+    features = tokenize_glue(data, tokenizer, config.task, max_length=config.max_length)
+    model = load_model(model_path, "sequence-classification", num_labels=spec.num_labels,
+                       is_regression=spec.is_regression)
+    pst.sparsify(model, pst_config)
+
+    eval_splits = {split: features[split] for split in spec.eval_splits}
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(config, paths.checkpoints),
+        train_dataset=features["train"],
+        eval_dataset=eval_splits,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=make_compute_metrics(config.task),
+        callbacks=[pst.SparsityCallback()],
+    )
+    trainer.train(resume_from_checkpoint=paths.last_checkpoint())
+    if not trainer.is_world_process_zero():  # multi-process runs: one writer
+        return {}
+
+    evaluations = _evaluations(trainer, spec.eval_splits)
+    selected = select_evaluation(evaluations, config, spec.eval_splits[0])
+    if config.save_scores:
+        _save_scores(model, paths.side_file(".scores.safetensors"))
+    body = {
+        **model_summary(model, config),
+        "main_metric": MAIN_METRIC[config.task],
+        "evaluations": evaluations,
+        "selected": selected,
+        "train_steps": trainer.state.global_step,
+    }
+    return finish_run(paths, config, body, started)
+
+
+def _training_arguments(config: GlueRunConfig, output_dir: Path) -> TrainingArguments:
+    return training_arguments(config, output_dir, per_device_eval_batch_size=config.eval_batch_size,
+                              eval_strategy="epoch")
+
+
+def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...]) -> list[dict]:
+    """Dev-set evaluations from the Trainer's history (which survives a resume), by step."""
+    by_step: dict[int, dict] = {}
+    max_steps = trainer.state.max_steps
+    config = trainer.model.pst_config
+    for entry in trainer.state.log_history:
+        keys = [k for k in entry if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second", "_loss"))]
+        if not keys:
+            continue
+        step = entry["step"]
+        evaluation = by_step.setdefault(step, {
+            "step": step,
+            "epoch": entry.get("epoch"),
+            "sparsity": cubic_sparsity(step, max_steps, config.warmup_fraction, config.cooldown_fraction,
+                                       config.initial_sparsity, config.sparsity) if pst.get_method(config.method).prunes else 0.0,
+            "metrics": {},
+        })
+        for key in keys:
+            split_metric = key.removeprefix("eval_")
+            split = next(s for s in eval_splits if split_metric.startswith(s + "_"))
+            evaluation["metrics"].setdefault(split, {})[split_metric.removeprefix(split + "_")] = entry[key]
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def select_evaluation(evaluations: list[dict], config: GlueRunConfig, primary_split: str) -> dict:
+    """The best evaluation at the target sparsity, by the task's main metric on the primary dev split."""
+    if not evaluations:
+        raise ValueError(f"run {config.task}/{config.method} made no evaluation; is the training set empty?")
+    prunes = pst.get_method(config.method).prunes
+    eligible = [e for e in evaluations if not prunes or e["sparsity"] >= config.sparsity - 1e-9]
+    target_reached = bool(eligible)
+    if not eligible:
+        logger.warning("%s/%s never reached the target sparsity; selecting among all evaluations",
+                       config.task, config.method)
+        eligible = evaluations
+    metric = MAIN_METRIC[config.task]
+    best = max(eligible, key=lambda e: _comparable(e["metrics"][primary_split][metric]))
+    return {**best, "target_reached": target_reached, "metric": metric, "value": best["metrics"][primary_split][metric]}
+
+
+def _comparable(value: float) -> float:
+    return float("-inf") if value is None or value != value else value  # NaN never wins
+
+
+def _save_scores(model: torch.nn.Module, path: Path) -> None:
+    """The learned score matrices (movement) or their factors (PST), for the analysis notebook."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, layer in pst.sparse_layers(model):
+        for part in ("scores", "A", "B", "R", "C"):
+            value = getattr(layer, part)
+            if value is not None:
+                tensors[f"{name}.{part}"] = value.detach().cpu().contiguous()
+        tensors[f"{name}.weight"] = layer.effective_weight().cpu().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+
+
+def run_glue_grid(configs: list[GlueRunConfig], results_dir: Path, work_dir: Path, force: bool = False) -> list[dict]:
+    """Every run of a grid, skipping finished ones; failures are raised after the others ran."""
+    return run_all(configs, lambda c: run_glue(c, results_dir, work_dir, force), "GLUE runs")

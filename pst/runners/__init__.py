@@ -1,1 +1,0 @@
-"""One run -> one results record: GLUE (``pst.runners.glue``) and NLG (``pst.runners.nlg``)."""
