@@ -16,12 +16,57 @@ _BERT_LIKE_TARGETS = (
 #: Every Conv1D inside the transformer blocks; never the embeddings or the tied LM head.
 _GPT2_TARGETS = r"(.*\.)?h\.\d+\.(attn\.(c_attn|c_proj)|mlp\.(c_fc|c_proj))"
 
+
+def _decoder_targets(blocks: str, projections: str) -> str:
+    """A regex for the ``projections`` of every numbered block ``<blocks>.<i>.`` of a decoder.
+
+    Anchoring on the block list keeps embeddings, the final norm and the LM head out, whatever
+    the task class around the backbone (``model.``, ``transformer.``, ``gpt_neox.``, none).
+    """
+    return rf"(.*\.)?{blocks}\.\d+\.({projections})"
+
+
+#: LLaMA and its descendants: q, k, v, o (k and v smaller under grouped-query attention)
+#: and the gated MLP's gate, up, down, all separate nn.Linear.
+_LLAMA_TARGETS = _decoder_targets("layers", r"self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj")
+#: The task heads of the decoder families (``Generic*`` classes of transformers 5): sequence and
+#: token classification share ``score``; the LM head is never a head (tied or frozen).
+_DECODER_HEADS = ("score", "qa_outputs")
+
+
+def _decoder(target_modules: str, head_modules=_DECODER_HEADS) -> dict:
+    """One table entry, with its own lists (entries must not share mutable values)."""
+    return {"target_modules": target_modules, "head_modules": list(head_modules), "fused_modules": {}}
+
+
 #: Per-architecture defaults: which modules to sparsify, which modules form the task head,
 #: and which modules fuse several matrices that the paper's model keeps apart.
+#: Phi-3 and GPT-NeoX fuse q, k, v into one matrix (Phi-3 also gate and up) whose blocks are of
+#: unequal sizes (grouped-query attention) or interleaved per head; their defaults cover the
+#: unfused projections only, and the fused ones stay dense until the layer masks such blocks.
 ARCHITECTURE_DEFAULTS: dict[str, dict] = {
     "bert": {"target_modules": _BERT_LIKE_TARGETS, "head_modules": ["classifier"], "fused_modules": {}},
     "roberta": {"target_modules": _BERT_LIKE_TARGETS, "head_modules": ["classifier"], "fused_modules": {}},
     "gpt2": {"target_modules": _GPT2_TARGETS, "head_modules": ["score"], "fused_modules": {"c_attn": 3}},
+    **{
+        model_type: _decoder(_LLAMA_TARGETS)
+        for model_type in (
+            "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+            "olmo", "olmo2", "granite", "stablelm", "helium", "cohere", "smollm3",
+        )
+    },
+    "starcoder2": _decoder(_decoder_targets("layers", r"self_attn\.(q|k|v|o)_proj|mlp\.(c_fc|c_proj)")),
+    "phi": _decoder(_decoder_targets("layers", r"self_attn\.((q|k|v)_proj|dense)|mlp\.(fc1|fc2)")),  # phi-1, 1.5, 2
+    # OPT's project_in / project_out (OPT-350m) resize the embeddings: not block projections.
+    "opt": _decoder(_decoder_targets("layers", r"self_attn\.(q|k|v|out)_proj|fc1|fc2")),
+    "gptj": _decoder(_decoder_targets("h", r"attn\.(q|k|v|out)_proj|mlp\.(fc_in|fc_out)")),
+    # Unfused projections only (see above): Phi-3's qkv_proj and gate_up_proj, GPT-NeoX's
+    # query_key_value stay dense for now.
+    "phi3": _decoder(_decoder_targets("layers", r"self_attn\.o_proj|mlp\.down_proj")),
+    "gpt_neox": _decoder(
+        _decoder_targets("layers", r"attention\.dense|mlp\.(dense_h_to_4h|dense_4h_to_h)"),
+        head_modules=("score", "classifier", "qa_outputs"),  # token classification: ``classifier``
+    ),
 }
 
 
