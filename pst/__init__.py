@@ -3,7 +3,10 @@
     model = pst.sparsify(model, pst.PSTConfig(method="pst", sparsity=0.9))
     trainer = Trainer(model, ..., callbacks=[pst.SparsityCallback()])
     pst.merge(model).save_pretrained("out")   # a plain transformers checkpoint
+    pst.save_adapter(model, "adapter")        # or only what PST trained; pst.load_adapter(base, "adapter")
 """
+from .adapter import adapter_state_dict, load_adapter, save_adapter
+from .adapter_trainer import AdapterCheckpointCallback
 from .config import ARCHITECTURE_DEFAULTS, PSTConfig
 from .export import load_compressed, merge, save_compressed, sparsity_report
 from .layers import SparseLayer
@@ -23,7 +26,7 @@ from .surgery import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURE_DEFAULTS", "METHODS", "MethodSpec", "PSTConfig", "SparseLayer", "SparsityCallback",
+    "ARCHITECTURE_DEFAULTS", "AdapterCheckpointCallback", "adapter_state_dict", "load_adapter", "save_adapter", "METHODS", "MethodSpec", "PSTConfig", "SparseLayer", "SparsityCallback",
     "SparsityScheduler", "TrainableParameters", "cubic_sparsity", "find_targets", "get_method", "keep_mask",
     "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_compressed", "set_sparsity",
     "sparse_layers", "sparsify", "sparsity_report", "trainable_parameters",
