@@ -13,6 +13,7 @@ from .layers import SparseLayer
 from .masking import keep_mask, num_pruned
 from .methods import METHODS, MethodSpec, get_method
 from .schedule import SparsityCallback, SparsityScheduler, cubic_sparsity
+from .semi_structured import is_n_m_sparse, to_semi_structured
 from .surgery import (
     TrainableParameters,
     find_targets,
@@ -26,8 +27,9 @@ from .surgery import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURE_DEFAULTS", "AdapterCheckpointCallback", "adapter_state_dict", "load_adapter", "save_adapter", "METHODS", "MethodSpec", "PSTConfig", "SparseLayer", "SparsityCallback",
-    "SparsityScheduler", "TrainableParameters", "cubic_sparsity", "find_targets", "get_method", "keep_mask",
-    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_compressed", "set_sparsity",
-    "sparse_layers", "sparsify", "sparsity_report", "trainable_parameters",
+    "ARCHITECTURE_DEFAULTS", "METHODS", "AdapterCheckpointCallback", "MethodSpec", "PSTConfig", "SparseLayer",
+    "SparsityCallback", "SparsityScheduler", "TrainableParameters", "adapter_state_dict", "cubic_sparsity",
+    "find_targets", "get_method", "is_n_m_sparse", "keep_mask", "load_adapter", "load_compressed", "merge",
+    "num_pruned", "optimizer_parameters", "save_adapter", "save_compressed", "set_sparsity", "sparse_layers",
+    "sparsify", "sparsity_report", "to_semi_structured", "trainable_parameters",
 ]
