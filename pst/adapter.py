@@ -81,21 +81,17 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if id(p) in wanted}
 
 
-def save_adapter(model: nn.Module, directory: str | Path) -> Path:
-    """Write only what PST trained (and what it takes to restore it) into ``directory``.
-
-    Returns the folder. For BERT-base that is 2.8 M parameters (11 MB in fp32) instead of 110 M.
-    """
+def adapter_description(model: nn.Module) -> dict:
+    """The content of ``pst_adapter_config.json`` for a sparsified model."""
     from . import __version__
 
-    tensors = adapter_state_dict(model)
     config: PSTConfig = getattr(model, CONFIG_ATTRIBUTE)
     layers = {
         name: {"shape": _oriented_shape(layer), "blocks": layer.blocks, "sparsity": layer.sparsity}
         for name, layer in sparse_layers(model)
     }
     sparsities = {entry["sparsity"] for entry in layers.values()}
-    description = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "pst_version": __version__,
@@ -106,6 +102,15 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
         "sparsity": sparsities.pop() if len(sparsities) == 1 else None,
         "layers": layers,
     }
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Write only what PST trained (and what it takes to restore it) into ``directory``.
+
+    Returns the folder. For BERT-base that is 2.8 M parameters (11 MB in fp32) instead of 110 M.
+    """
+    tensors = adapter_state_dict(model)
+    description = adapter_description(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Detached CPU copies: safetensors refuses tensors that share storage (e.g. a tied head).
