@@ -20,6 +20,7 @@ wrapped model (see :mod:`pst.adapter_trainer`).
 from __future__ import annotations
 
 import json
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,6 +144,7 @@ class StoredAdapter:
     names: set[str]
     read: Callable[[list[str]], dict[str, torch.Tensor]]
     whole_model: bool = False
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # of the stored tensors, when cheap to know
 
 
 def read_adapter_folder(directory: Path) -> StoredAdapter:
@@ -162,13 +164,15 @@ def read_adapter_folder(directory: Path) -> StoredAdapter:
     config = PSTConfig.from_dict(description["pst_config"])
     _check_method(config, str(config_path))
     with safe_open(weights_path, framework="pt") as handle:
-        names = set(handle.keys())
+        shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
 
     def read(wanted: list[str]) -> dict[str, torch.Tensor]:
         with safe_open(weights_path, framework="pt") as handle:
-            return {name: handle.get_tensor(name) for name in wanted if name in names}
+            return {name: handle.get_tensor(name) for name in wanted if name in shapes}
 
-    return StoredAdapter(str(directory), config, description.get("model_type"), description["layers"], names, read)
+    return StoredAdapter(
+        str(directory), config, description.get("model_type"), description["layers"], set(shapes), read, shapes=shapes
+    )
 
 
 def _stored(directory: Path, config: PSTConfig | None, sparsity: float | None) -> StoredAdapter:
@@ -244,6 +248,16 @@ def _check_fits(model: nn.Module, stored: StoredAdapter) -> None:
         raise ValueError(
             f"the adapter in {stored.source} holds head parameters this {type(model).__name__} lacks: {_first(absent)} "
             "(was it trained on another task class, e.g. *ForSequenceClassification?)"
+        )
+    wrong = [
+        f"{n} is {'x'.join(map(str, parameters[n].shape))} here but {'x'.join(map(str, stored.shapes[n]))} in the adapter"
+        for n in head_names
+        if n in stored.shapes and list(parameters[n].shape) != stored.shapes[n]
+    ]
+    if wrong:
+        raise ValueError(
+            f"the adapter's task head does not fit this base model ({_first(wrong, 3)}): "
+            "load the base model with the same head, e.g. the same num_labels"
         )
 
 

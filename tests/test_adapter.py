@@ -172,12 +172,16 @@ def test_wrong_base_model_is_rejected_before_any_change(tmp_path):
         pst.load_adapter(pst.sparsify(causal_lm("llama"), PSTConfig()), tmp_path)
 
 
-def test_head_of_another_task_class_is_rejected(tmp_path):
-    pst.save_adapter(_trained(sequence_classifier("llama")), tmp_path)
+def test_head_of_another_task_class_or_size_is_rejected(tmp_path):
+    pst.save_adapter(_trained(sequence_classifier("llama", num_labels=3)), tmp_path)
     base = causal_lm("llama")
     with pytest.raises(ValueError, match=r"head parameters this LlamaForCausalLM lacks: score\.weight"):
         pst.load_adapter(base, tmp_path)
     assert not list(pst.sparse_layers(base))
+    two_labels = sequence_classifier("llama", num_labels=2)
+    with pytest.raises(ValueError, match=r"score\.weight is 2x64 here but 3x64 in the adapter.*num_labels"):
+        pst.load_adapter(two_labels, tmp_path)
+    assert not list(pst.sparse_layers(two_labels))
 
 
 def test_config_of_another_method_or_format_is_rejected(tmp_path):

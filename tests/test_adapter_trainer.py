@@ -20,11 +20,11 @@ def _dataset(n=8):
             for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
 
 
-def _trainer(model, output_dir, max_steps=4):
+def _trainer(model, output_dir, max_steps=4, **overrides):
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=max_steps, save_strategy="steps", save_steps=2,
         per_device_train_batch_size=2, learning_rate=1e-2, use_cpu=True, report_to=[], logging_steps=1,
-        disable_tqdm=True, seed=0, data_seed=0,
+        disable_tqdm=True, seed=0, data_seed=0, **overrides,
     )
     callbacks = [pst.SparsityCallback(), pst.AdapterCheckpointCallback()]
     return Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=callbacks)
@@ -90,3 +90,12 @@ def test_resuming_the_trainer_from_a_checkpoint_still_works(trained, tmp_path):
     assert trainer.state.global_step == 4 and (run / "checkpoint-4" / ADAPTER_CONFIG).is_file()
     assert {layer.sparsity for _, layer in pst.sparse_layers(resumed)} == {0.8}
     torch.testing.assert_close(_logits(resumed), _logits(model), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.xfail(strict=False, reason="needs the autocast-aware layer (bf16 autocast crashes in SparseLinearFunction.backward)")
+def test_bf16_mixed_precision_trainer_run_round_trips(trained, tmp_path):
+    root, _ = trained
+    model = pst.sparsify(AutoModelForCausalLM.from_pretrained(root / "base"), CONFIG)
+    _trainer(model, tmp_path / "run", max_steps=2, bf16=True).train()
+    restored = pst.load_adapter(AutoModelForCausalLM.from_pretrained(root / "base"), tmp_path / "run" / "checkpoint-2")
+    assert torch.equal(_logits(restored), _logits(model))
