@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import pst  # noqa: E402
-from pst.adapter import adapter_description  # noqa: E402
+import pst
+from pst.adapter import adapter_description
 
 
 def _mb(size: int) -> str:

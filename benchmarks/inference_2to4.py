@@ -25,8 +25,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import pst  # noqa: E402
-from pst.semi_structured import MIN_COMPUTE_CAPABILITY  # noqa: E402
+import pst
+from pst.semi_structured import MIN_COMPUTE_CAPABILITY
 
 
 class LlamaProjections(nn.Module):

@@ -19,8 +19,8 @@ wrapped model (see :mod:`pst.adapter_trainer`).
 """
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,11 +156,17 @@ def read_adapter_folder(directory: Path) -> StoredAdapter:
         description = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path} is not valid JSON: {error}") from None
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not a pst adapter config (format {description.get('format')!r}, expected {FORMAT!r})")
+    found = description.get("format") if isinstance(description, dict) else None
+    if found != FORMAT:
+        raise ValueError(f"{config_path} is not a pst adapter config (format {found!r}, expected {FORMAT!r})")
     version = description.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{config_path} has format version {version!r}; this pst reads versions <= {FORMAT_VERSION}: upgrade pst")
+        raise ValueError(
+            f"{config_path} has format version {version!r}; this pst reads versions <= {FORMAT_VERSION}: upgrade pst"
+        )
+    absent = [key for key in ("pst_config", "layers") if not isinstance(description.get(key), dict)]
+    if absent:
+        raise ValueError(f"{config_path} lacks {absent} (an incomplete or hand-edited file?)")
     config = PSTConfig.from_dict(description["pst_config"])
     _check_method(config, str(config_path))
     with safe_open(weights_path, framework="pt") as handle:
@@ -181,7 +187,8 @@ def _stored(directory: Path, config: PSTConfig | None, sparsity: float | None) -
     if (directory / ADAPTER_CONFIG).is_file():
         if config is not None:
             raise ValueError(
-                f"{directory} holds a pst adapter with its own config; config= is only for Trainer checkpoints without one"
+                f"{directory} holds a pst adapter with its own config; "
+                "config= is only for Trainer checkpoints without one"
             )
         return read_adapter_folder(directory)
     from .adapter_trainer import is_trainer_checkpoint, read_trainer_checkpoint
@@ -202,6 +209,10 @@ def _stored(directory: Path, config: PSTConfig | None, sparsity: float | None) -
         f"{directory} has neither a pst adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}) nor a Trainer checkpoint "
         f"(model.safetensors); save one with pst.save_adapter(model, folder)"
     )
+
+
+def _dims(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def _first(items: list[str], limit: int = 5) -> str:
@@ -231,8 +242,7 @@ def _check_fits(model: nn.Module, stored: StoredAdapter) -> None:
             + (f"layers here the adapter lacks: {_first(extra)}" if extra else "")
         )
     wrong = [
-        f"{name} is {'x'.join(map(str, _oriented_shape(modules[name])))} here but "
-        f"{'x'.join(map(str, entry['shape']))} in the adapter"
+        f"{name} is {_dims(_oriented_shape(modules[name]))} here but {_dims(entry['shape'])} in the adapter"
         for name, entry in stored.layers.items()
         if _oriented_shape(modules[name]) != list(entry["shape"])
     ]
@@ -250,7 +260,7 @@ def _check_fits(model: nn.Module, stored: StoredAdapter) -> None:
             "(was it trained on another task class, e.g. *ForSequenceClassification?)"
         )
     wrong = [
-        f"{n} is {'x'.join(map(str, parameters[n].shape))} here but {'x'.join(map(str, stored.shapes[n]))} in the adapter"
+        f"{n} is {_dims(parameters[n].shape)} here but {_dims(stored.shapes[n])} in the adapter"
         for n in head_names
         if n in stored.shapes and list(parameters[n].shape) != stored.shapes[n]
     ]
@@ -278,10 +288,14 @@ def load_adapter(
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - stored.names)
     if missing:
-        raise ValueError(f"{stored.source} lacks tensors this adapter needs: {_first(missing)} (incomplete or corrupt file?)")
+        raise ValueError(
+            f"{stored.source} lacks tensors this adapter needs: {_first(missing)} (an incomplete or corrupt file?)"
+        )
     unexpected = [] if stored.whole_model else sorted(stored.names - set(expected))
     if unexpected:
-        raise ValueError(f"{stored.source} holds tensors that match nothing in the sparsified model: {_first(unexpected)}")
+        raise ValueError(
+            f"{stored.source} holds tensors that match nothing in the sparsified model: {_first(unexpected)}"
+        )
     tensors = stored.read(sorted(expected))
     wrong = [
         f"{name}: {tuple(tensors[name].shape)} stored, {tuple(target.shape)} expected"

@@ -76,7 +76,7 @@ def read_trainer_checkpoint(directory: Path, config: PSTConfig | None, sparsity:
     # A wrapped layer `X` stored X.U, X.V, ...: its (out, in) shape is U's rows and V's columns.
     layer_names = sorted({name.rpartition(".")[0] for name in files if name.rpartition(".")[2] in _LAYER_SYMBOLS})
     if not layer_names:
-        raise ValueError(f"{directory}/{files[next(iter(files))].name} holds no PST tensors: not a checkpoint of a sparsified model")
+        raise ValueError(f"{directory} holds no PST tensors (U, V, ...): not a checkpoint of a sparsified model")
 
     def read(wanted: list[str]) -> dict[str, torch.Tensor]:
         tensors = {}
@@ -96,5 +96,6 @@ def read_trainer_checkpoint(directory: Path, config: PSTConfig | None, sparsity:
     }
     model_config = directory / "config.json"
     model_type = json.loads(model_config.read_text()).get("model_type") if model_config.is_file() else None
-    return StoredAdapter(f"{directory} (Trainer checkpoint)", config, model_type, layers, set(files), read, whole_model=True)
+    source = f"{directory} (Trainer checkpoint)"
+    return StoredAdapter(source, config, model_type, layers, set(files), read, whole_model=True)
 

@@ -48,7 +48,8 @@ def _shape_and_dtype_problem(name: str, weight: torch.Tensor, backend: type) -> 
     constraints = backend._DTYPE_SHAPE_CONSTRAINTS
     if weight.dtype not in constraints:
         supported = ", ".join(str(d).removeprefix("torch.") for d in constraints)
-        return f"{name}: dtype {str(weight.dtype).removeprefix('torch.')} (the {backend.BACKEND} backend takes {supported}; cast the model, e.g. model.half())"
+        dtype = str(weight.dtype).removeprefix("torch.")
+        return f"{name}: dtype {dtype} (the {backend.BACKEND} backend takes {supported}; cast the model, e.g. model.half())"
     rows, cols = constraints[weight.dtype].sparse_min_rows, constraints[weight.dtype].sparse_min_cols
     out_features, in_features = weight.shape
     if out_features % rows or in_features % cols:
@@ -108,7 +109,9 @@ def to_semi_structured(model: nn.Module, modules: list[str] | None = None) -> li
     weights = {name: linears[name].weight for name in chosen}
     problems = [p for p in (_shape_and_dtype_problem(n, w, backend) for n, w in weights.items()) if p]
     if problems:
-        raise ValueError(f"cannot convert to {backend.BACKEND} semi-structured sparse tensors: " + "; ".join(problems[:5]))
+        raise ValueError(
+            f"cannot convert to {backend.BACKEND} semi-structured sparse tensors: " + "; ".join(problems[:5])
+        )
     problem = _device_problem(weights, backend)
     if problem:
         raise RuntimeError(f"2:4 inference is not available here: {problem}")
@@ -116,6 +119,7 @@ def to_semi_structured(model: nn.Module, modules: list[str] | None = None) -> li
 
     for name in chosen:
         module = linears[name]
-        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach().contiguous()), requires_grad=False)
+        sparse = to_sparse_semi_structured(module.weight.detach().contiguous())
+        module.weight = nn.Parameter(sparse, requires_grad=False)
     logger.info("converted %d nn.Linear weights to %s 2:4 semi-structured tensors", len(chosen), backend.BACKEND)
     return chosen

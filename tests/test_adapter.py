@@ -193,6 +193,7 @@ def test_config_of_another_method_or_format_is_rejected(tmp_path):
         ({"pst_config": {**good["pst_config"], "rank": 4}}, r"unknown PSTConfig field\(s\) \['rank'\]"),
         ({"format_version": 99}, "format version 99; this pst reads versions <= 1"),
         ({"format": "something-else"}, "not a pst adapter config"),
+        ({"layers": None}, r"lacks \['layers'\]"),
     ]:
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(ValueError, match=message):
