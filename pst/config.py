@@ -30,7 +30,8 @@ def _decoder_targets(blocks: str, projections: str) -> str:
 #: and the gated MLP's gate, up, down, all separate nn.Linear.
 _LLAMA_TARGETS = _decoder_targets("layers", r"self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj")
 #: The task heads of the decoder families (``Generic*`` classes of transformers 5): sequence and
-#: token classification share ``score``; the LM head is never a head (tied or frozen).
+#: token classification share ``score``, question answering has ``qa_outputs``; the LM head is never
+#: a head (tied to the embeddings or frozen).
 _DECODER_HEADS = ("score", "qa_outputs")
 
 
