@@ -79,7 +79,16 @@ def _dart_test_entries(xml_text: str) -> list[dict]:
     return entries
 
 
+def _grouped(items: list, key) -> list[list]:
+    """Items grouped by ``key`` (first-appearance order), so a split takes whole groups."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
 def dart(sources: Path) -> None:
+    """Whole triple sets per split: the dev file repeats some with other annotations."""
     out = HERE / "dart"
     out.mkdir(exist_ok=True)
     rng = random.Random(SEED)
@@ -87,12 +96,18 @@ def dart(sources: Path) -> None:
     def own(entries: list[dict]) -> list[dict]:
         return [e for e in entries if {a["source"] for a in e["annotations"]} <= DART_OWN_SOURCES]
 
-    dev = own(json.loads(show(sources, "dart_dev")))
-    rng.shuffle(dev)
-    n_train = SIZES["dart"]["train"]
-    test = own(_dart_test_entries(show(sources, "dart_test")))
-    splits = {"train": dev[:n_train], "dev": dev[n_train : n_train + SIZES["dart"]["validation"]],
-              "test": rng.sample(test, SIZES["dart"]["test"])}
+    def key(entry: dict) -> str:
+        return json.dumps([[part.lower() for part in triple] for triple in entry["tripleset"]])
+
+    groups = _grouped(own(json.loads(show(sources, "dart_dev"))), key)
+    rng.shuffle(groups)
+    splits = {"train": [], "dev": []}
+    for group in groups:
+        split = "train" if len(splits["train"]) < SIZES["dart"]["train"] else "dev"
+        splits[split] += group
+    seen = {key(e) for entries in splits.values() for e in entries}
+    test = [g for g in _grouped(own(_dart_test_entries(show(sources, "dart_test"))), key) if key(g[0]) not in seen]
+    splits["test"] = [e for g in rng.sample(test, SIZES["dart"]["test"]) for e in g]
     for split, entries in splits.items():
         (out / f"dart-v1.1.1-full-{split}.json").write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n",
                                                             encoding="utf-8")
@@ -103,14 +118,35 @@ def _tsv(text: str) -> tuple[str, list[str]]:
     return lines[0], lines[1:]
 
 
+def _components(rows: list[list[str]]) -> list[list[list[str]]]:
+    """Rows linked by a shared question or sentence (QNLI pairs one with several of the other)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for row in rows:
+        parent[find("q:" + row[1])] = find("s:" + row[2])
+    return _grouped(rows, lambda row: find("q:" + row[1]))
+
+
 def qnli(sources: Path) -> None:
+    """Whole components per split, so no question or sentence is in both."""
     out = HERE / "glue" / "QNLI"
     out.mkdir(parents=True, exist_ok=True)
     header, rows = _tsv(show(sources, "qnli_dev"))
-    rows = rows[:]
-    random.Random(SEED).shuffle(rows)
-    n_train = SIZES["qnli"]["train"]
-    for name, part in (("train.tsv", rows[:n_train]), ("dev.tsv", rows[n_train : n_train + SIZES["qnli"]["validation"]])):
+    components = _components([row.split("\t") for row in rows])
+    random.Random(SEED).shuffle(components)
+    splits = {"train.tsv": [], "dev.tsv": []}
+    for component in components:
+        for name, limit in (("train.tsv", SIZES["qnli"]["train"]), ("dev.tsv", SIZES["qnli"]["validation"])):
+            if len(splits[name]) < limit:
+                splits[name] += ["\t".join(row) for row in component]
+                break
+    for name, part in splits.items():
         (out / name).write_text("\n".join([header, *part]) + "\n", encoding="utf-8")
 
 
