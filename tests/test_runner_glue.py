@@ -103,7 +103,7 @@ def test_command_line_runs_one_config_and_rejects_bad_files(workdir, capsys):
 
 #: Majority class of the bundled QNLI dev split (not_entailment: 450 of 873 ~ 51.5%) and chance
 #: correlation for STS-B, each with a margin the smoke profile's PST setting clears.
-REAL_FLOORS = {"qnli": ("accuracy", 450 / 873 + 0.015), "stsb": ("pearson", 0.0 + 0.2)}
+REAL_FLOORS = {"qnli": ("accuracy", 450 / 873 + 0.015), "stsb": ("pearson", 0.0 + 0.1)}
 
 
 @pytest.mark.parametrize("task", sorted(REAL_FLOORS))
