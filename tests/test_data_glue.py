@@ -47,7 +47,7 @@ def test_unknown_task_lists_the_valid_ones() -> None:
 
 
 def test_unknown_source_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"'s3'.*'hub', 'local', 'synthetic'"):
+    with pytest.raises(ValueError, match=r"'s3'.*'hub', 'local', 'bundled', 'synthetic'"):
         load_glue("sst2", "s3")
 
 

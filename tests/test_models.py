@@ -227,3 +227,82 @@ def test_build_is_identical_across_processes(tmp_path: Path, tiny_folders: dict[
             digests = {hashlib.sha256((base / name).read_bytes()).hexdigest()
                        for base in (folder, tmp_path / arch)}
             assert len(digests) == 1, f"{arch}/{name} differs between processes"
+
+
+# --------------------------------------------------------------------------- real text
+
+
+@pytest.fixture(scope="module")
+def held_out_text() -> list[str]:
+    """Bundled validation/test text the tokenizers never saw (QNLI, E2E, DART references)."""
+    from pst.repro.data.glue import load_glue
+    from pst.repro.data.nlg import load_nlg
+
+    validation = load_glue("qnli", "bundled", splits=("validation",))["validation"]
+    texts = list(validation["question"]) + list(validation["sentence"])
+    for name in ("e2e", "dart"):
+        texts += list(load_nlg(name, "bundled", splits=("test",))["test"]["target"])
+    return texts
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+def test_tokenizer_learnt_on_bundled_text_keeps_real_words_whole(tmp_path: Path, arch: str, held_out_text) -> None:
+    from pst.repro.data.bundled import pretraining_corpus
+    from pst.repro.models import TINY_VOCAB_SIZE, tokenizer_quality
+
+    folder = build_tiny_model(arch, tmp_path / arch, pretraining_corpus(), pretrain_steps=0)
+    quality = tokenizer_quality(load_tokenizer(folder), held_out_text)
+    assert quality["vocab_size"] >= TINY_VOCAB_SIZE - 1
+    assert quality["pieces_per_word"] < 1.5  # measured 1.43 (WordPiece), 1.38 (byte-level BPE)
+    assert quality["unk_rate"] < 0.001
+
+
+def test_tokenizer_learnt_on_synthetic_text_shreds_real_words(tmp_path: Path, held_out_text) -> None:
+    """What the quality bounds above guard against: the old smoke tokenizer on real text."""
+    from pst.repro.data.synthetic.glue import synthetic_corpus
+    from pst.repro.models import tokenizer_quality
+
+    folder = build_tiny_model("bert", tmp_path / "bert", synthetic_corpus(4000), vocab_size=1000, pretrain_steps=0)
+    quality = tokenizer_quality(load_tokenizer(folder), held_out_text)
+    assert quality["pieces_per_word"] > 2.5 and quality["unk_rate"] > 0.01
+
+
+def test_tokenizer_quality_counts_bert_pre_tokens(tiny_folders: dict[str, Path]) -> None:
+    from pst.repro.models import tokenizer_quality
+
+    tokenizer = load_tokenizer(tiny_folders["bert"])
+    words = "the cat sat ."  # four pre-tokens, each a whole-word vocabulary entry
+    assert tokenizer_quality(tokenizer, [words])["pieces_per_word"] == len(tokenizer(words, add_special_tokens=False)["input_ids"]) / 4
+    with pytest.raises(ValueError, match="non-blank"):
+        tokenizer_quality(tokenizer, ["  "])
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+def test_pretraining_blocks_are_full_and_framed(tiny_folders: dict[str, Path], arch: str) -> None:
+    from pst.repro.models import TINY_PRETRAIN_LENGTH, _packed_blocks
+
+    tokenizer = load_tokenizer(tiny_folders[arch])
+    blocks = _packed_blocks(tokenizer, CORPUS * 3, TINY_PRETRAIN_LENGTH)
+    assert len(blocks) > 1 and {len(b) for b in blocks} == {TINY_PRETRAIN_LENGTH}
+    if arch != "gpt2":  # [CLS] ... [SEP] / <s> ... </s>, as the fine-tuning inputs are framed
+        frame = tokenizer("")["input_ids"]
+        assert all(b[0] == frame[0] and b[-1] == frame[1] for b in blocks)
+
+
+def test_resolve_model_keeps_one_folder_per_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pst.repro.runners import model_source
+
+    built = []
+    monkeypatch.delenv(model_source.CACHE_VARIABLE, raising=False)
+    monkeypatch.setattr(model_source, "build_tiny_model", lambda arch, folder, corpus: built.append((folder, corpus)) or folder)
+    model_source.resolve_model("tiny:bert", tmp_path, lambda: ["one text"])
+    model_source.resolve_model("tiny:bert", tmp_path, lambda: ["another text"])
+    model_source.resolve_model("tiny:bert", tmp_path)  # default: the bundled real text
+    folders = [folder for folder, _ in built]
+    assert len(set(folders)) == 3 and all(f.parent == tmp_path and f.name.startswith("bert-") for f in folders)
+    from pst.repro.data.bundled import pretraining_corpus
+
+    assert built[2][1] == pretraining_corpus()
+    assert model_source.resolve_model("bert-base-uncased", tmp_path) == "bert-base-uncased"
+    with pytest.raises(ValueError, match="tiny:t5"):
+        model_source.resolve_model("tiny:t5", tmp_path)

@@ -99,3 +99,21 @@ def test_command_line_runs_one_config_and_rejects_bad_files(workdir, capsys):
     with pytest.raises(SystemExit):
         main(["glue", str(config)])
     assert "does not hold the fields of a GlueRunConfig" in capsys.readouterr().err
+
+
+#: Majority class of the bundled QNLI dev split (not_entailment: 450 of 873 ~ 51.5%) and chance
+#: correlation for STS-B, each with a margin the smoke profile's PST setting clears.
+REAL_FLOORS = {"qnli": ("accuracy", 450 / 873 + 0.015), "stsb": ("pearson", 0.0 + 0.1)}
+
+
+@pytest.mark.parametrize("task", sorted(REAL_FLOORS))
+def test_smoke_pst_learns_real_text_above_the_majority_class(task, workdir):
+    from pst.repro import profiles
+
+    torch.set_num_threads(1)
+    (config,) = profiles.glue_runs("smoke", "bert", tasks=[task], methods=["pst"], experiment="test-real")
+    assert config.data_source == "bundled"
+    record = run_glue(config, workdir / "results", workdir / "work")
+    metric, floor = REAL_FLOORS[task]
+    assert record["main_metric"] == metric and record["selected"]["target_reached"]
+    assert record["selected"]["value"] > floor, f"{task}: {metric} {record['selected']['value']:.3f} <= {floor:.3f}"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pst.repro import profiles
+from pst.repro.models import TINY_VOCAB_SIZE
 from pst.repro.results import read_jsonl
 from pst.repro.runners.lifecycle import run_paths
 from pst.repro.runners.nlg import PREDICTIONS_SUFFIX, run_nlg
@@ -34,5 +35,4 @@ def test_smoke_run_trains_decodes_scores_and_records(dataset, tmp_path):
     outputs = read_jsonl(paths.side_file(PREDICTIONS_SUFFIX))
     assert {row["subset"] for row in outputs} == subsets
     assert all(isinstance(row["prediction"], str) and row["references"] for row in outputs)
-    vocabulary = 1000  # build_tiny_model's default
-    assert record["train_loss"] < math.log(vocabulary)  # it learned: better than a uniform guess
+    assert record["train_loss"] < math.log(TINY_VOCAB_SIZE)  # it learned: better than a uniform guess

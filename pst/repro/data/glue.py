@@ -1,9 +1,9 @@
 """GLUE data: one task table and one record format for every source.
 
-Every source (the Hugging Face hub, local files, the synthetic generator) yields a
-``DatasetDict`` with the same splits (``train`` plus the task's dev splits), the same
-columns (the hub's text columns and ``label``) and the same features, so the runner
-never needs to know where the data came from.
+Every source (the Hugging Face hub, local files, the real subsets shipped with the package,
+the synthetic generator) yields a ``DatasetDict`` with the same splits (``train`` plus the
+task's dev splits, or the ones asked for), the same columns (the hub's text columns and
+``label``) and the same features, so the runner never needs to know where the data came from.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import datasets
 logger = logging.getLogger(__name__)
 
 HUB_DATASET = "nyu-mll/glue"
-SOURCES = ("hub", "local", "synthetic")
+SOURCES = ("hub", "local", "bundled", "synthetic")
 LABEL_COLUMN = "label"
 SPLIT_FILE_EXTENSIONS = ("csv", "json", "jsonl")
 
@@ -128,29 +128,50 @@ def load_glue(
     cache_dir: str | Path | None = None,
     seed: int = 0,
     synthetic_sizes: Mapping[str, int] | None = None,
+    splits: Sequence[str] | None = None,
 ) -> datasets.DatasetDict:
     """Load one GLUE task as ``train`` plus its dev splits, columns = text keys + ``label``.
 
     ``source``: ``"hub"`` (nyu-mll/glue), ``"local"`` (``data_dir`` holding the original GLUE
-    TSVs or ``<split>.csv|json|jsonl`` files with the hub's columns) or ``"synthetic"``
-    (generated in code; ``seed`` and ``synthetic_sizes`` apply only there).
+    TSVs or ``<split>.csv|json|jsonl`` files with the hub's columns), ``"bundled"`` (the real
+    subsets shipped with the package, :mod:`pst.repro.data.bundled`; QNLI and STS-B) or
+    ``"synthetic"`` (generated in code; ``seed`` and ``synthetic_sizes`` apply only there).
+    ``splits`` narrows what is loaded, e.g. ``("validation",)`` to evaluate from a folder
+    that has no training file.
     """
-    get_task(task)
+    spec = get_task(task)
     if source not in SOURCES:
         raise ValueError(f"unknown GLUE source {source!r}; expected one of {list(SOURCES)}")
+    splits = _check_splits(spec, splits)
     if data_dir is not None and source != "local":
         logger.warning("data_dir=%s is ignored for source=%r (only source='local' reads it)", data_dir, source)
     if source == "hub":
         raw = _load_hub(task, cache_dir)
-    elif source == "local":
-        if data_dir is None:
+    elif source in ("local", "bundled"):
+        if source == "bundled":
+            from pst.repro.data.bundled import glue_dir
+
+            data_dir = glue_dir(task)
+        elif data_dir is None:
             raise ValueError("source='local' needs data_dir: a folder with the GLUE TSVs or <split>.csv/json files")
-        raw = _load_local(task, Path(data_dir), cache_dir)
+        raw = _load_local(task, Path(data_dir), cache_dir, splits)
     else:
         from pst.repro.data.synthetic.glue import synthetic_glue  # late import: the generator reads this table
 
         raw = synthetic_glue(task, sizes=synthetic_sizes, seed=seed)
-    return _to_record_format(task, raw)
+    return _to_record_format(task, raw, splits)
+
+
+def _check_splits(spec: GlueTask, splits: Sequence[str] | None) -> tuple[str, ...]:
+    """The splits to load, in the task's order; all of them by default."""
+    if splits is None:
+        return spec.splits
+    if isinstance(splits, str):
+        raise ValueError(f"splits must be a sequence of split names, got the string {splits!r}")
+    unknown = [s for s in splits if s not in spec.splits]
+    if unknown or not splits:
+        raise ValueError(f"GLUE {spec.name} has no split(s) {unknown or list(splits)}; expected some of {list(spec.splits)}")
+    return tuple(s for s in spec.splits if s in splits)
 
 
 def _load_hub(task: str, cache_dir: str | Path | None) -> datasets.DatasetDict:
@@ -159,15 +180,15 @@ def _load_hub(task: str, cache_dir: str | Path | None) -> datasets.DatasetDict:
     return datasets.load_dataset(HUB_DATASET, task, cache_dir=None if cache_dir is None else str(cache_dir))
 
 
-def _to_record_format(task: str, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-    """Keep train + dev splits and the canonical columns, cast to the canonical features."""
+def _to_record_format(task: str, raw: datasets.DatasetDict, splits: tuple[str, ...]) -> datasets.DatasetDict:
+    """Keep the wanted splits and the canonical columns, cast to the canonical features."""
     spec = get_task(task)
     features = glue_features(task)
-    missing = [s for s in spec.splits if s not in raw]
+    missing = [s for s in splits if s not in raw]
     if missing:
         raise ValueError(f"GLUE {task} data lacks split(s) {missing}; found {sorted(raw)}")
     out = {}
-    for split in spec.splits:
+    for split in splits:
         ds = raw[split]
         absent = [c for c in features if c not in ds.column_names]
         if absent:
@@ -190,16 +211,16 @@ def _check_label_range(spec: GlueTask, ds: datasets.Dataset, split: str) -> None
 # --------------------------------------------------------------------------- local files
 
 
-def _load_local(task: str, data_dir: Path, cache_dir: str | Path | None) -> datasets.DatasetDict:
+def _load_local(task: str, data_dir: Path, cache_dir: str | Path | None, splits: tuple[str, ...]) -> datasets.DatasetDict:
     """Read either the GLUE TSV layout or per-split csv/json files from ``data_dir``."""
     if not data_dir.is_dir():
         raise FileNotFoundError(f"GLUE data_dir {data_dir} is not a folder")
     folder = _task_folder(task, data_dir)
     layout = _TSV_LAYOUTS[task]
     if any((folder / name).exists() for _, name in layout.files):
-        return _read_tsv_folder(task, folder)
+        return _read_tsv_folder(task, folder, splits)
     if any(_split_files(folder, split) for split in get_task(task).splits):
-        return _read_split_files(task, folder, cache_dir)
+        return _read_split_files(task, folder, cache_dir, splits)
     tsv_names = ", ".join(name for _, name in layout.files)
     split_names = ", ".join(f"{s}.{{{','.join(SPLIT_FILE_EXTENSIONS)}}}" for s in get_task(task).splits)
     raise FileNotFoundError(
@@ -214,15 +235,17 @@ def _task_folder(task: str, data_dir: Path) -> Path:
     return data_dir
 
 
-def _read_tsv_folder(task: str, folder: Path) -> datasets.DatasetDict:
+def _read_tsv_folder(task: str, folder: Path, splits: tuple[str, ...]) -> datasets.DatasetDict:
     layout = _TSV_LAYOUTS[task]
     out = {}
     for split, name in layout.files:
+        if split not in splits:
+            continue
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(
                 f"GLUE {task} folder {folder} has no {name} (needed for split {split!r}); "
-                f"expected files: {[n for _, n in layout.files]}")
+                f"expected files: {[n for _, n in layout.files]}{_evaluation_only_hint(task, split)}")
         out[split] = datasets.Dataset.from_dict(_read_tsv(task, path), features=glue_features(task))
     return datasets.DatasetDict(out)
 
@@ -280,15 +303,23 @@ def _split_files(folder: Path, split: str) -> list[Path]:
     return [folder / f"{split}.{ext}" for ext in SPLIT_FILE_EXTENSIONS if (folder / f"{split}.{ext}").is_file()]
 
 
-def _read_split_files(task: str, folder: Path, cache_dir: str | Path | None) -> datasets.DatasetDict:
+def _evaluation_only_hint(task: str, split: str) -> str:
+    if split != "train":
+        return ""
+    return f"; to evaluate only, pass splits={get_task(task).eval_splits!r}"
+
+
+def _read_split_files(task: str, folder: Path, cache_dir: str | Path | None,
+                      splits: tuple[str, ...]) -> datasets.DatasetDict:
     """Per-split csv/json/jsonl files with the hub's columns (extra columns such as ``idx`` are dropped)."""
     out = {}
-    for split in get_task(task).splits:
+    for split in splits:
         found = _split_files(folder, split)
         if not found:
             expected = [f"{split}.{ext}" for ext in SPLIT_FILE_EXTENSIONS]
             raise FileNotFoundError(
-                f"GLUE {task} folder {folder} has no file for split {split!r}; expected one of {expected}")
+                f"GLUE {task} folder {folder} has no file for split {split!r}; expected one of {expected}"
+                f"{_evaluation_only_hint(task, split)}")
         if len(found) > 1:
             raise ValueError(f"GLUE {task} folder {folder} has several files for split {split!r}: "
                              f"{[p.name for p in found]}; keep one")

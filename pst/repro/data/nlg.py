@@ -3,7 +3,8 @@
 Every dataset comes out in one record format, so the runner, the metrics and the
 notebooks never branch on the dataset:
 
-* a ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test``;
+* a ``datasets.DatasetDict`` with splits ``train``, ``validation``, ``test`` (or the ones
+  asked for: evaluation alone needs no training file);
 * one row per (input, reference) pair: ``{"context": str, "target": str}``;
   WebNLG rows also carry ``category`` (str) and ``seen`` (bool, the category is one
   of the ten seen in training) so test scores can be split into seen/unseen/all;
@@ -57,7 +58,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 DATASET_NAMES = ("e2e", "dart", "webnlg")
-SOURCES = ("hub", "local", "synthetic")
+SOURCES = ("hub", "local", "bundled", "synthetic")
 SPLITS = ("train", "validation", "test")
 SUBSETS = ("all", "seen", "unseen")
 IGNORE_INDEX = -100
@@ -262,6 +263,7 @@ def load_nlg(
     revision: str = HUB_REVISION,
     seed: int = 0,
     synthetic_sizes: Mapping[str, int] | None = None,
+    splits: Sequence[str] | None = None,
 ) -> datasets.DatasetDict:
     """Load E2E, DART or WebNLG into the common record format.
 
@@ -270,21 +272,43 @@ def load_nlg(
     ``url=LORA_WEBNLG_URL``). ``source="local"``: the distribution files
     (:data:`SPLIT_FILES`) from the folder ``data_dir``, or from ``url``: a base URL
     the file names are appended to, or a mapping split -> file URL.
+    ``source="bundled"``: the real subsets shipped with the package (E2E, DART;
+    :mod:`pst.repro.data.bundled`), read as ``"local"`` files.
     ``source="synthetic"``: generated data (:func:`pst.repro.data.synthetic.nlg.synthetic_nlg`).
+    ``splits`` narrows what is loaded, e.g. ``("test",)`` to evaluate from a folder without
+    a training file.
     """
     _check_choice(name, DATASET_NAMES, "NLG dataset")
     _check_choice(source, SOURCES, "NLG data source")
+    splits = _check_splits(splits)
     if source == "synthetic":
         from pst.repro.data.synthetic.nlg import synthetic_nlg
 
-        return synthetic_nlg(name, synthetic_sizes, seed=seed)
-    if source == "hub":
+        dataset = synthetic_nlg(name, synthetic_sizes, seed=seed)
+    elif source == "hub":
         dataset = _load_from_hub(name, revision)
     else:
-        dataset = _load_from_files(name, _split_locations(name, data_dir, url))
-    for split in SPLITS:
+        if source == "bundled":
+            from pst.repro.data.bundled import nlg_dir
+
+            data_dir, url = nlg_dir(name), None
+        dataset = _load_from_files(name, _split_locations(name, data_dir, url, splits))
+    dataset = datasets.DatasetDict({split: dataset[split] for split in splits})
+    for split in splits:
         logger.info("%s/%s (%s): %d rows", name, split, source, len(dataset[split]))
     return dataset
+
+
+def _check_splits(splits: Sequence[str] | None) -> tuple[str, ...]:
+    """The splits to load, in the canonical order; all three by default."""
+    if splits is None:
+        return SPLITS
+    if isinstance(splits, str):
+        raise ValueError(f"splits must be a sequence of split names, got the string {splits!r}")
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"unknown NLG split(s) {unknown or list(splits)!r}; accepted: {', '.join(SPLITS)}")
+    return tuple(split for split in SPLITS if split in splits)
 
 
 def _load_from_hub(name: str, revision: str) -> datasets.DatasetDict:
@@ -323,45 +347,46 @@ def _warn_if_not_dart_v111(raw: datasets.DatasetDict) -> None:
 
 
 def _split_locations(
-    name: str, data_dir: str | Path | None, url: str | Mapping[str, str] | None
+    name: str, data_dir: str | Path | None, url: str | Mapping[str, str] | None, splits: Sequence[str] = SPLITS
 ) -> dict[str, str]:
-    """Where each split's file is: a local path or a URL."""
+    """Where each wanted split's file is: a local path or a URL."""
     if (data_dir is None) == (url is None):
         raise ValueError(
             f"source='local' needs exactly one of data_dir (a folder) or url (a base URL or "
             f"split -> URL mapping); got data_dir={data_dir!r}, url={url!r}"
         )
     if url is not None:
-        return _url_locations(name, url)
-    return _folder_locations(name, Path(data_dir))
+        return _url_locations(name, url, splits)
+    return _folder_locations(name, Path(data_dir), splits)
 
 
-def _url_locations(name: str, url: str | Mapping[str, str]) -> dict[str, str]:
+def _url_locations(name: str, url: str | Mapping[str, str], splits: Sequence[str]) -> dict[str, str]:
     if isinstance(url, Mapping):
-        missing = [split for split in SPLITS if split not in url]
+        missing = [split for split in splits if split not in url]
         if missing:
             raise ValueError(f"url mapping has keys {sorted(url)!r}; missing splits {missing!r}")
-        return {split: str(url[split]) for split in SPLITS}
+        return {split: str(url[split]) for split in splits}
     base = url if url.endswith("/") else url + "/"
-    return {split: base + file_name for split, file_name in SPLIT_FILES[name].items()}
+    return {split: base + SPLIT_FILES[name][split] for split in splits}
 
 
-def _folder_locations(name: str, folder: Path) -> dict[str, str]:
-    """Split files in ``folder``; for E2E, LoRA's prepared txt files if the csv files are absent."""
+def _folder_locations(name: str, folder: Path, splits: Sequence[str]) -> dict[str, str]:
+    """Files of the wanted splits in ``folder``; for E2E, LoRA's prepared txt files if the csv files are absent."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{name} data folder {str(folder)!r} does not exist or is not a folder")
     layouts = [SPLIT_FILES[name]]
     if name == "e2e":
         layouts.append(E2E_LORA_FILES)
     for layout in layouts:
-        if all((folder / file_name).is_file() for file_name in layout.values()):
-            return {split: str(folder / file_name) for split, file_name in layout.items()}
+        if all((folder / layout[split]).is_file() for split in splits):
+            return {split: str(folder / layout[split]) for split in splits}
     expected = SPLIT_FILES[name]
-    missing = next(file_name for file_name in expected.values() if not (folder / file_name).is_file())
-    alternative = f" (or LoRA's {', '.join(E2E_LORA_FILES.values())})" if name == "e2e" else ""
+    missing_split = next(split for split in splits if not (folder / expected[split]).is_file())
+    alternative = f" (or LoRA's {', '.join(E2E_LORA_FILES[s] for s in splits)})" if name == "e2e" else ""
+    hint = "; to evaluate only, pass splits=('test',) or ('validation',)" if missing_split == "train" else ""
     raise FileNotFoundError(
-        f"{name} data folder {str(folder)!r} has no file {missing!r}; expected "
-        f"{', '.join(expected.values())}{alternative}"
+        f"{name} data folder {str(folder)!r} has no file {expected[missing_split]!r} (split {missing_split!r}); "
+        f"expected {', '.join(expected[s] for s in splits)}{alternative}{hint}"
     )
 
 
@@ -396,7 +421,7 @@ def _parse_split_file(name: str, location: str) -> list[Row]:
 
 def _load_from_files(name: str, locations: Mapping[str, str]) -> datasets.DatasetDict:
     return datasets.DatasetDict(
-        {split: rows_to_dataset(name, _parse_split_file(name, locations[split])) for split in SPLITS}
+        {split: rows_to_dataset(name, _parse_split_file(name, location)) for split, location in locations.items()}
     )
 
 

@@ -18,7 +18,6 @@ import pst
 from ...schedule import cubic_sparsity
 from ..configs import GlueRunConfig
 from ..data.glue import get_task, load_glue, tokenize_glue
-from ..data.synthetic.glue import synthetic_corpus
 from ..metrics.glue import MAIN_METRIC, make_compute_metrics
 from ..models import load_model, load_tokenizer
 from .lifecycle import existing_record, finish_run, model_summary, run_all, run_paths, training_arguments
@@ -37,7 +36,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     pst_config = config.pst_config()  # validates before any work
     set_seed(config.seed)
 
-    model_path = resolve_model(config.model, Path(work_dir) / "models", lambda: synthetic_corpus(4000, seed=0))
+    model_path = resolve_model(config.model, Path(work_dir) / "models")
     tokenizer = load_tokenizer(model_path)
     data = load_glue(config.task, config.data_source, data_dir=config.data_dir, seed=config.seed,
                      synthetic_sizes=config.synthetic_sizes)

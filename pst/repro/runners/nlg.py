@@ -18,7 +18,6 @@ import pst
 
 from ..configs import NlgRunConfig
 from ..data.nlg import LMDataCollator, build_lm_features, build_prompts, decode_completion, group_references, load_nlg
-from ..data.synthetic.nlg import synthetic_nlg_corpus
 from ..metrics.nlg import e2e_scores, webnlg_scores
 from ..models import load_model, load_tokenizer
 from ..results import write_jsonl
@@ -40,7 +39,7 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
     pst_config = config.pst_config()
     set_seed(config.seed)
 
-    model_path = resolve_model(config.model, Path(work_dir) / "models", lambda: synthetic_nlg_corpus(seed=0))
+    model_path = resolve_model(config.model, Path(work_dir) / "models")
     tokenizer = load_tokenizer(model_path)
     data = load_nlg(config.task, config.data_source, data_dir=config.data_dir, url=config.data_url,
                     seed=config.seed, synthetic_sizes=config.synthetic_sizes)
