@@ -10,16 +10,14 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import replace
 
+from . import glue_tasks
 from .configs import GlueRunConfig, NlgRunConfig
 from .data.nlg import LORA_WEBNLG_URL
 
 PROFILES = ("smoke", "paper")
 PRUNING_BASELINES = ("pst", "magnitude", "movement")
 
-GLUE_TASKS = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte")
-#: GLUE training-set sizes, for the cost estimate of the paper profile.
-GLUE_TRAIN_SIZES = {"mnli": 392_702, "qqp": 363_846, "qnli": 104_743, "sst2": 67_349,
-                    "cola": 8_551, "stsb": 5_749, "mrpc": 3_668, "rte": 2_490}
+GLUE_TASKS = tuple(glue_tasks.GLUE_TASKS)  # the paper's eight, in its order
 
 _PAPER_GLUE = {
     # shared/PAPER.md: BERT batch 32, lr {3e-5, 5e-5, 1e-4, 5e-4}; RoBERTa batch 16,
@@ -180,8 +178,8 @@ def estimated_gpu_hours(runs: Iterable) -> float:
     for run in runs:
         if run.model.startswith("tiny:"):
             continue
-        if run.task in GLUE_TRAIN_SIZES:
-            steps = run.epochs * GLUE_TRAIN_SIZES[run.task] / run.batch_size
+        if run.task in glue_tasks.GLUE_TASKS:
+            steps = run.epochs * glue_tasks.GLUE_TASKS[run.task].train_size / run.batch_size
             rate = ASSUMED_STEPS_PER_SECOND["glue-roberta" if "roberta" in run.model else "glue-bert"]
         else:
             steps = run.epochs * {"e2e": 42_061, "dart": 62_659, "webnlg": 18_025}[run.task] / run.batch_size

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
+from ..glue_tasks import get_task
 from ..profiles import SCORE_VARIANTS
 from .columns import (
     AVERAGE_COLUMN,
@@ -20,7 +21,6 @@ from .columns import (
     MISSING,
     average,
     frame,
-    glue_task,
     main_label,
     main_percent,
     method_name,
@@ -158,7 +158,7 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
     for ax in axes[len(tasks):]:
         ax.remove()
     for ax, task in zip(axes, tasks):
-        main = glue_task(task).main_metric
+        main = get_task(task).main_metric
         metric = METRIC_NAMES.get(main, main)
         for method in methods:
             points = sorted((100 * s, main_percent(r)) for (t, m, s), r in best.items()
