@@ -131,11 +131,9 @@ def _load_state(out: Path) -> dict:
 
 
 def _save_state(out: Path, state: dict) -> None:
-    path = _state_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    from pst.repro.atomic import write_text_atomic
+
+    write_text_atomic(_state_path(out), json.dumps(state, indent=2, sort_keys=True))
 
 
 def _fingerprint(name: str, parameters: dict) -> str:

@@ -163,6 +163,23 @@ def test_reader_never_sees_a_partial_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert read_record(path)["metrics"] == {"accuracy": 0.5}
 
 
+def test_failing_writer_keeps_the_old_file_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Tables, figures and score files use the same writer as records, with any write function."""
+    from pst.repro.atomic import FILE_MODE, write_atomic
+
+    path = tmp_path / "figure.png"
+    assert write_atomic(path, lambda tmp: tmp.write_bytes(b"old")) == path
+
+    def half_written(tmp: Path) -> None:
+        tmp.write_bytes(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, half_written)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+    assert path.stat().st_mode & 0o777 == FILE_MODE
+
+
 def test_unserialisable_record_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
     with pytest.raises(ValueError, match=r"record\.metrics\.bad has type object"):

@@ -27,10 +27,11 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from .atomic import write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,41 +138,6 @@ def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> None:
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     return [decode_nonfinite(json.loads(line)) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    """The text goes to a temporary file in the same folder (same file system, so the
-    rename is atomic), is flushed to disk, then replaces ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    logger.debug("wrote %s", path)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable where the OS allows it (POSIX); harmless elsewhere."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def read_record(path: Path | str) -> dict[str, Any] | None:

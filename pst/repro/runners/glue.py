@@ -16,6 +16,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 import pst
 
 from ...schedule import cubic_sparsity
+from ..atomic import write_atomic
 from ..configs import GlueRunConfig
 from ..data.glue import get_task, load_glue, tokenize_glue
 from ..data.synthetic.glue import synthetic_corpus
@@ -134,8 +135,7 @@ def _save_scores(model: torch.nn.Module, path: Path) -> None:
             if value is not None:
                 tensors[f"{name}.{part}"] = value.detach().cpu().contiguous()
         tensors[f"{name}.weight"] = layer.effective_weight().cpu().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def run_glue_grid(configs: list[GlueRunConfig], results_dir: Path, work_dir: Path, force: bool = False) -> list[dict]:
