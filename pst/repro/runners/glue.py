@@ -15,7 +15,6 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 
 import pst
 
-from ...schedule import cubic_sparsity
 from ..atomic import write_atomic
 from ..configs import GlueRunConfig
 from ..data.glue import get_task, load_glue, tokenize_glue
@@ -61,7 +60,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     if not trainer.is_world_process_zero():  # multi-process runs: one writer
         return {}
 
-    evaluations = _evaluations(trainer, spec.eval_splits)
+    evaluations = _evaluations(trainer, spec.eval_splits, pst.get_method(config.method).prunes)
     selected = select_evaluation(evaluations, config, spec.eval_splits[0])
     if config.save_scores:
         _save_scores(model, paths.side_file(".scores.safetensors"))
@@ -80,21 +79,25 @@ def _training_arguments(config: GlueRunConfig, output_dir: Path) -> TrainingArgu
                               eval_strategy="epoch")
 
 
-def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...]) -> list[dict]:
-    """Dev-set evaluations from the Trainer's history (which survives a resume), by step."""
+def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...], prunes: bool) -> list[dict]:
+    """Dev-set evaluations from the Trainer's history (which survives a resume), by step.
+
+    The sparsity of each is what ``pst.SparsityCallback`` logged with it (0 for methods that
+    do not prune), so the record says what the model had, not what a formula expects.
+    """
     by_step: dict[int, dict] = {}
-    max_steps = trainer.state.max_steps
-    config = trainer.model.pst_config
     for entry in trainer.state.log_history:
         keys = [k for k in entry if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second", "_loss"))]
         if not keys:
             continue
         step = entry["step"]
+        if prunes and "sparsity" not in entry:
+            raise RuntimeError(f"the evaluation at step {step} has no logged sparsity; the Trainer needs "
+                               "pst.SparsityCallback among its callbacks")
         evaluation = by_step.setdefault(step, {
             "step": step,
             "epoch": entry.get("epoch"),
-            "sparsity": cubic_sparsity(step, max_steps, config.warmup_fraction, config.cooldown_fraction,
-                                       config.initial_sparsity, config.sparsity) if pst.get_method(config.method).prunes else 0.0,
+            "sparsity": entry["sparsity"] if prunes else 0.0,
             "metrics": {},
         })
         for key in keys:
