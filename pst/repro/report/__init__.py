@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..results import iter_records
 from .ablations import rank_ablation_table, score_ablation_table, score_variant, sparsity_figure, sparsity_table
-from .columns import GLUE_COLUMNS, METHOD_NAMES, METHOD_ORDER, MISSING, NLG_COLUMNS, method_name
+from .columns import GLUE_COLUMNS, METHOD_ORDER, MISSING, NLG_COLUMNS, method_name, method_style
 from .counts import criteria_table, parameter_counts, parameter_counts_table
 from .files import display_frame, save_figure, save_table
 from .paper import PAPER_RESULTS_PATH, check_paper_results, paper_results, paper_value
@@ -109,9 +109,10 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
 
 
 __all__ = [
-    "GLUE_COLUMNS", "METHOD_NAMES", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH",
+    "GLUE_COLUMNS", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH",
     "best_runs", "build_report", "check_paper_results", "criteria_table", "display_frame", "glue_table",
-    "method_name", "nlg_table", "paper_results", "paper_value", "parameter_counts", "parameter_counts_table",
+    "method_name", "method_style", "nlg_table", "paper_results", "paper_value", "parameter_counts",
+    "parameter_counts_table",
     "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_structure_outputs",
     "score_variant", "selection_table", "selection_value", "sparsity_figure", "sparsity_table",
 ]

@@ -16,7 +16,6 @@ from ..glue_tasks import get_task
 from ..profiles import SCORE_VARIANTS
 from .columns import (
     AVERAGE_COLUMN,
-    METHOD_STYLE,
     METRIC_NAMES,
     MISSING,
     average,
@@ -24,6 +23,7 @@ from .columns import (
     main_label,
     main_percent,
     method_name,
+    method_style,
     ordered_methods,
     ordered_tasks,
 )
@@ -167,7 +167,7 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, label=method_name(method), linewidth=1.5, markersize=5,
-                        **METHOD_STYLE.get(method, {}))
+                        **method_style(method))
         ax.set_title(f"{main_label(task)}", fontsize=10)
         ax.set_xlabel("target sparsity (%)")
         ax.set_ylabel(f"dev {metric} (%)")

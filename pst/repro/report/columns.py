@@ -22,11 +22,11 @@ MISSING = "—"
 METHOD_ORDER = ("pst", "magnitude", "movement", "dense", "lora")
 
 
-METHOD_NAMES = {"pst": "PST", "magnitude": "MaP", "movement": "MvP", "dense": "Dense fine-tuning", "lora": "LoRA"}
-
-
-#: One colour and marker per method, in every figure.
-METHOD_STYLE = {
+# Display names and figure styles of the methods. They belong in ``pst.methods.MethodSpec``
+# (display_name, color, marker); until the core rewrite adds those fields, the report reads
+# them only through method_name() and method_style(), so moving them is a change there alone.
+_METHOD_NAMES = {"pst": "PST", "magnitude": "MaP", "movement": "MvP", "dense": "Dense fine-tuning", "lora": "LoRA"}
+_METHOD_STYLES = {
     "pst": dict(color="tab:red", marker="o"),
     "magnitude": dict(color="tab:blue", marker="s"),
     "movement": dict(color="tab:green", marker="^"),
@@ -114,8 +114,13 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
 
 
 def method_name(method: str) -> str:
-    """The paper's name of a method (``magnitude`` -> ``MaP``)."""
-    return METHOD_NAMES.get(method, method)
+    """The paper's name of a method (``magnitude`` -> ``MaP``); an unknown method keeps its own."""
+    return _METHOD_NAMES.get(method, method)
+
+
+def method_style(method: str) -> dict:
+    """One colour and marker per method, the same in every figure (matplotlib keywords)."""
+    return dict(_METHOD_STYLES.get(method, {}))
 
 
 def task_name(task: str) -> str:
