@@ -45,7 +45,7 @@ def run_experiment(experiment: Experiment, workspace: Workspace, shard: str | No
     experiment before anything trains, with :class:`~pst.repro.runstate.StaleRecordsError`.
     """
     runs = shard_of(experiment.runs, shard)
-    logger.warning("%s: %d runs; this shard: %d", experiment.name, len(experiment.runs), len(runs))
+    logger.info("%s: %d runs; this shard: %d", experiment.name, len(experiment.runs), len(runs))
     force = session_force(force)
     stale = {}
     for config in runs:
