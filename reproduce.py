@@ -249,11 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     common = common_parameters(args, started)
     parameters = {name: parameters_for(name, args, common) for name in args.names}
-    try:
-        plans = {name: notebook_plan(name, args, parameters[name]) for name in args.names}
-    except ValueError as error:
-        print(f"reproduce.py: error: {error}", file=sys.stderr)
-        return 2
+    plans = {}
+    for name in args.names:
+        try:
+            plans[name] = notebook_plan(name, args, parameters[name])
+        except (TypeError, ValueError) as error:  # a -p value the plan cannot use: nothing has run yet
+            print(f"reproduce.py: error: {name}: {error}", file=sys.stderr)
+            return 2
     planned = assess(plans, out / "results", args.shard, common["force"], common["stale_records"])
     print_plan(planned, args, common)
     if (message := stale_stop(planned)) is not None:

@@ -96,6 +96,7 @@ def test_dry_run_applies_the_parameters(tmp_path, cli):
      "unknown parameter 'stepz': no selected notebook takes it. Their parameters: 01_quickstart: model, steps, sparsity"),
     (["--only", "03_glue_bert", "-p", "profile=paper"], "parameter 'profile' is set with --profile"),
     (["--only", "03_glue_bert", "-p", "tasks=['squad']", "--dry-run"], "unknown GLUE task 'squad'"),
+    (["--only", "03_glue_bert", "-p", "methods=5"], "error: 03_glue_bert: 'int' object is not iterable"),
     (["--all", "--rerun-stale", "--keep-stale-records"], "not allowed with"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(args, message, tmp_path, cli):

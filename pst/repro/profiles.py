@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 
 from . import glue_tasks
 from .configs import GlueRunConfig, NlgRunConfig
-from .experiments import Experiment
 from .data.nlg import LORA_WEBNLG_URL
+from .experiments import Experiment
 
 PROFILES = ("smoke", "paper")
 PRUNING_BASELINES = ("pst", "magnitude", "movement")
