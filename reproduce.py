@@ -3,13 +3,20 @@
 
     python reproduce.py --all                      # smoke profile: tiny models, synthetic data, CPU, minutes
     python reproduce.py --all --profile paper      # the paper's models, data and grids (GPU machine)
-    python reproduce.py --only 03_glue_bert -p "learning_rates=[1e-4]"
+    python reproduce.py --only 03_glue_bert -p "tasks=['rte']"
     python reproduce.py --all --profile paper --shard 0/4   # this machine's quarter of the runs
-    python reproduce.py --list | --dry-run
+    python reproduce.py --list | --dry-run [-v]
 
-Executed notebooks are kept under <out>/executed; every run leaves a results record, so a
-rerun (or an interrupted --all) skips finished work. A failing notebook is reported with
-its failing cell and error; the others still run and the exit status is non-zero.
+Before anything runs, the plan is printed: per notebook, its runs, how many are done and how
+many will train, decided as the runners decide (``--dry-run`` stops there). A run that several
+experiments share trains once. A ``-p`` name that no selected notebook takes is refused. An
+unreadable record is moved aside and its run redone. Records made by other code (another
+version of ``pst/``) stop everything before training unless ``--rerun-stale`` (redo them) or
+``--keep-stale-records`` (use them) says what to do; ``--force`` redoes every run.
+
+Executed notebooks are kept under <out>/executed. A failing notebook is reported with its
+failing cell and error; the others still run. Exit status: 0 done, 1 a notebook failed,
+2 bad arguments, 3 records made by other code were found and nothing ran.
 """
 from __future__ import annotations
 
@@ -18,7 +25,6 @@ import ast
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,24 +41,12 @@ NOTEBOOKS = (
     "07_report",
 )
 ALWAYS_RERUN = {"07_report"}  # cheap, and it must see every record (other shards included)
+#: Notebook parameters that this script's own flags set; ``-p`` cannot override them.
+FLAG_PARAMETERS = {"profile": "--profile", "out_dir": "--out", "shard": "--shard", "force": "--force",
+                   "stale_records": "--rerun-stale / --keep-stale-records"}
+EXIT_STALE = 3
 
 logger = logging.getLogger("reproduce")
-
-
-def planned_runs(name: str, profile: str) -> list:
-    """The training runs a notebook launches (for --dry-run)."""
-    from pst.repro import profiles
-
-    plans = {
-        "02_importance_scores": lambda: profiles.analysis_runs(profile),
-        "03_glue_bert": lambda: profiles.glue_runs(profile, "bert"),
-        "04_glue_roberta": lambda: profiles.glue_runs(profile, "roberta"),
-        "05_nlg_gpt2": lambda: profiles.nlg_runs(profile),
-        "06_ablations": lambda: (profiles.flatten(profiles.score_ablation_runs(profile))
-                                 + profiles.flatten(profiles.rank_ablation_runs(profile))
-                                 + profiles.flatten(profiles.sparsity_sweep_runs(profile))),
-    }
-    return plans[name]() if name in plans else []
 
 
 def parse_parameter(text: str) -> tuple[str, object]:
@@ -67,21 +61,36 @@ def parse_parameter(text: str) -> tuple[str, object]:
     return key, value
 
 
+def notebook_parameters(name: str) -> dict[str, str]:
+    """The parameters cell of a notebook: name -> default value as written there (papermill reads it)."""
+    import papermill
+
+    return {key: spec["default"] for key, spec in papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb")).items()}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="every notebook, in order, then the report")
-    which.add_argument("--only", nargs="+", metavar="NAME", help="these notebooks (names from --list)")
+    which.add_argument("--only", nargs="+", metavar="NAME", help="these notebooks, in this order (names from --list)")
     which.add_argument("--list", action="store_true", help="list the notebooks and exit")
     parser.add_argument("--profile", choices=("smoke", "paper"), default="smoke")
     parser.add_argument("-p", "--parameter", action="append", type=parse_parameter, default=[],
-                        metavar="KEY=VALUE", help="papermill parameter override (repeatable)")
+                        metavar="KEY=VALUE", help="notebook parameter (repeatable), passed to the notebooks that take it")
     parser.add_argument("--out", type=Path, default=ROOT / "out", help="output folder (default: ./out)")
-    parser.add_argument("--force", action="store_true", help="redo finished runs and notebooks")
+    parser.add_argument("--force", action="store_true",
+                        help="redo every run and notebook (a run shared by several experiments is redone once)")
+    stale = parser.add_mutually_exclusive_group()
+    stale.add_argument("--rerun-stale", action="store_true", help="redo the runs whose records other code made")
+    stale.add_argument("--keep-stale-records", action="store_true",
+                       help="use records that other code made as they are (the plan says how many)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (runs, estimated cost) and exit")
-    parser.add_argument("--shard", help="i/n: run only shard i (0-based) of n of each grid")
+    parser.add_argument("-v", "--verbose", action="store_true", help="with the plan, list every run and its fate")
+    parser.add_argument("--shard", help="i/n: run only shard i (0-based) of n of the runs")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     args = parser.parse_args(argv)
+    if args.list:
+        return args
     if args.only:
         unknown = [name for name in args.only if name not in NOTEBOOKS]
         if unknown:
@@ -93,32 +102,96 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parse_shard(args.shard)
         except ValueError as error:
             parser.error(str(error))
+    args.names = list(NOTEBOOKS) if args.all else list(args.only)
+    args.declared = {name: notebook_parameters(name) for name in args.names}
+    for key, _ in args.parameter:
+        if key in FLAG_PARAMETERS:
+            parser.error(f"parameter {key!r} is set with {FLAG_PARAMETERS[key]}, not with -p")
+        if not any(key in declared for declared in args.declared.values()):
+            accepted = "; ".join(f"{name}: {', '.join(k for k in declared if k not in FLAG_PARAMETERS) or 'none'}"
+                                 for name, declared in args.declared.items())
+            parser.error(f"unknown parameter {key!r}: no selected notebook takes it. Their parameters: {accepted}")
     return args
 
 
-def notebook_parameters(args: argparse.Namespace) -> dict:
+def common_parameters(args: argparse.Namespace, started: float) -> dict:
+    """The values of :data:`FLAG_PARAMETERS`. ``--force`` passes this invocation's start time:
+    records finished before it are redone, so a run shared by several notebooks is redone once."""
+    stale_records = "rerun" if args.rerun_stale else "keep" if args.keep_stale_records else "refuse"
     return {"profile": args.profile, "out_dir": str(args.out.resolve()), "shard": args.shard,
-            "force": bool(args.force), **dict(args.parameter)}
+            "force": started if args.force else False, "stale_records": stale_records}
 
 
-def dry_run(names: list[str], args: argparse.Namespace) -> None:
+def parameters_for(name: str, args: argparse.Namespace, common: dict) -> dict:
+    """What papermill passes to notebook ``name``: the parameters its parameters cell declares."""
+    return {key: value for key, value in {**common, **dict(args.parameter)}.items() if key in args.declared[name]}
+
+
+def notebook_plan(name: str, args: argparse.Namespace, parameters: dict) -> dict:
+    """The experiments the notebook will run: the same profile function it calls, with its defaults and -p."""
     from pst.repro import profiles
-    from pst.repro.results import record_exists, run_id
-    from pst.repro.workspace import Workspace, shard_of
-    import dataclasses
 
-    results = Workspace(args.out.resolve()).results
-    total_todo = []
-    print(f"profile: {args.profile}   output: {args.out.resolve()}   shard: {args.shard or 'all'}")
-    for name in names:
-        runs = shard_of(planned_runs(name, args.profile), args.shard)
-        todo = [r for r in runs if args.force or not record_exists(results, run_id(dataclasses.asdict(r)))]
-        total_todo += todo
-        print(f"  {name:<22} {len(runs):>4} runs, {len(runs) - len(todo):>4} done, {len(todo):>4} to do")
-    hours = profiles.estimated_gpu_hours(total_todo)
+    values = {}
+    for key in profiles.plan_parameters(name):
+        if key not in args.declared[name]:
+            raise ValueError(f"{name}: its plan takes {key!r}, which its parameters cell does not declare")
+        values[key] = parameters[key] if key in parameters else ast.literal_eval(args.declared[name][key])
+    return profiles.plan(name, parameters["profile"], **values)
+
+
+def print_plan(planned: list, args: argparse.Namespace, common: dict) -> None:
+    """Per notebook: distinct runs, done, to do (with why), kept or refused records of other code."""
+    from pst.repro import profiles
+    from pst.repro.fingerprint import code_fingerprint
+
+    reasons = {"missing": "new", "unreadable": "unreadable: moved aside and redone",
+               "incomplete": "without their score files", "other-code": "made by other code", "done": "forced"}
+    print(f"profile: {args.profile}   output: {common['out_dir']}   shard: {args.shard or 'all'}   "
+          f"code: {code_fingerprint()}")
+    for name in args.names:
+        rows = [p for p in planned if p.notebook == name]
+        redo = [p for p in rows if p.action == "redo"]
+        refused = {p.run_id for p in rows if p.action == "refuse"}
+        kept = {p.run_id for p in rows if p.action == "reuse" and p.status == "other-code"}
+        runs = {p.run_id for p in rows}
+        notes = _counts(p.status for p in redo)
+        line = f"  {name:<22} {len(runs):>4} runs, {len(runs - {p.run_id for p in redo} - refused):>4} done, " \
+               f"{len(redo):>4} to do"
+        earlier = {p.run_id for p in rows if p.status == "earlier"} - {p.run_id for p in redo}
+        extra = [f"{n} {reasons[s]}" for s, n in notes.items() if s != "missing"]
+        extra += [f"{len(earlier)} trained by an earlier notebook"] * bool(earlier)
+        extra += [f"{len(kept)} kept although made by other code"] * bool(kept)
+        extra += [f"{len(refused)} made by other code: refused"] * bool(refused)
+        print(line + (f"  ({'; '.join(extra)})" if extra else ""))
+        if args.verbose:
+            for p in rows:
+                print(f"      {p.action:<7} {p.experiment:<18} {p.run_id}  [{p.status}]")
+    todo = [p.config for p in planned if p.action == "redo"]
+    distinct = {p.run_id for p in planned}
+    asked = len({(p.experiment, p.run_id) for p in planned})
+    hours = profiles.estimated_gpu_hours(todo)
     cost = (f"about {hours:,.0f} GPU-hours (assumed throughput, see pst.repro.profiles.ASSUMED_STEPS_PER_SECOND)"
             if args.profile == "paper" else "minutes on a CPU")
-    print(f"to do: {len(total_todo)} runs; estimated cost: {cost}")
+    print(f"distinct runs: {len(distinct)} ({asked - len(distinct)} asked for by more than one experiment); "
+          f"to train: {len(todo)}; estimated cost: {cost}")
+
+
+def _counts(values) -> dict:
+    counts: dict = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def stale_stop(planned: list) -> str | None:
+    """The message that stops the invocation when records of other code are refused, else None."""
+    refused = [p for p in planned if p.action == "refuse"]
+    if not refused:
+        return None
+    per_notebook = ", ".join(f"{name}: {n}" for name, n in _counts(p.notebook for p in refused).items())
+    return (f"{len({p.run_id for p in refused})} planned record(s) were made by other code ({per_notebook}), "
+            f"e.g. {refused[0].run_id}: {refused[0].detail}.\nNothing was run. Rerun them with --rerun-stale "
+            "(or redo every run with --force), or keep them with --keep-stale-records.")
 
 
 def _state_path(out: Path) -> Path:
@@ -131,16 +204,18 @@ def _load_state(out: Path) -> dict:
 
 
 def _save_state(out: Path, state: dict) -> None:
-    path = _state_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    from pst.repro.atomic import write_text_atomic
+
+    write_text_atomic(_state_path(out), json.dumps(state, indent=2, sort_keys=True))
 
 
 def _fingerprint(name: str, parameters: dict) -> str:
+    """What a notebook's execution depends on: its source, its parameters and the package's code."""
+    from pst.repro.fingerprint import code_fingerprint
+
     source = (NOTEBOOK_DIR / f"{name}.ipynb").read_bytes()
-    return hashlib.sha256(source + json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
+    extra = json.dumps(parameters, sort_keys=True) + code_fingerprint()
+    return hashlib.sha256(source + extra.encode()).hexdigest()[:16]
 
 
 def execute(name: str, parameters: dict, out: Path, timeout: int | None) -> None:
@@ -163,38 +238,52 @@ def describe_failure(name: str, error: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.list:
-        for name in NOTEBOOKS:
-            print(name)
+        print("\n".join(NOTEBOOKS))
         return 0
-    names = list(NOTEBOOKS) if args.all else list(args.only)
-    if args.dry_run:
-        dry_run(names, args)
-        return 0
+    from pst.repro.planning import assess
+
     out = args.out.resolve()
-    parameters = notebook_parameters(args)
+    common = common_parameters(args, started)
+    parameters = {name: parameters_for(name, args, common) for name in args.names}
+    plans = {}
+    for name in args.names:
+        try:
+            plans[name] = notebook_plan(name, args, parameters[name])
+        except (TypeError, ValueError) as error:  # a -p value the plan cannot use: nothing has run yet
+            print(f"reproduce.py: error: {name}: {error}", file=sys.stderr)
+            return 2
+    planned = assess(plans, out / "results", args.shard, common["force"], common["stale_records"])
+    print_plan(planned, args, common)
+    if (message := stale_stop(planned)) is not None:
+        print(message, file=sys.stderr)
+        return EXIT_STALE
+    if args.dry_run:
+        return 0
     state = _load_state(out)
     failures = []
-    started = time.time()
-    for position, name in enumerate(names, 1):
-        fingerprint = _fingerprint(name, parameters)
+    for position, name in enumerate(args.names, 1):
+        fingerprint = _fingerprint(name, parameters[name])
         done = state.get(name, {})
-        if not args.force and name not in ALWAYS_RERUN and done.get("fingerprint") == fingerprint and done.get("ok"):
-            logger.info("[%d/%d] %s: finished earlier with the same parameters, skipped", position, len(names), name)
+        trains = any(p.action == "redo" for p in planned if p.notebook == name)
+        if name not in ALWAYS_RERUN and not trains and done.get("fingerprint") == fingerprint and done.get("ok"):
+            logger.info("[%d/%d] %s: finished earlier with the same parameters and code, nothing to train: skipped",
+                        position, len(args.names), name)
             continue
-        logger.info("[%d/%d] %s ...", position, len(names), name)
+        logger.info("[%d/%d] %s ...", position, len(args.names), name)
         t0 = time.time()
         try:
-            execute(name, parameters, out, args.timeout)
+            execute(name, parameters[name], out, args.timeout)
         except Exception as error:  # noqa: BLE001 - reported, counted, and the exit status says so
             message = describe_failure(name, error)
             failures.append(message)
-            logger.error("[%d/%d] %s", position, len(names), message)
+            logger.error("[%d/%d] %s", position, len(args.names), message)
             state[name] = {"fingerprint": fingerprint, "ok": False, "error": message}
         else:
-            logger.info("[%d/%d] %s done in %.0f s", position, len(names), name, time.time() - t0)
+            logger.info("[%d/%d] %s done in %.0f s", position, len(args.names), name, time.time() - t0)
             state[name] = {"fingerprint": fingerprint, "ok": True, "seconds": round(time.time() - t0, 1)}
         _save_state(out, state)
     logger.info("finished in %.0f s; outputs in %s", time.time() - started, out)

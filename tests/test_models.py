@@ -172,9 +172,14 @@ def test_changed_settings_rebuild(tmp_path: Path) -> None:
 
 def test_incomplete_folder_is_rebuilt(tmp_path: Path) -> None:
     folder = build_tiny_model("gpt2", tmp_path / "g", CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
+    complete = _weights(folder)
     (folder / "model.safetensors").unlink()
     build_tiny_model("gpt2", folder, CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
-    assert load_model(folder, "causal-lm") is not None
+    rebuilt = _weights(folder)
+    assert rebuilt.keys() == complete.keys()
+    assert all(torch.equal(rebuilt[name], complete[name]) for name in complete)  # same seed, same model
+    loaded = load_model(folder, "causal-lm").state_dict()
+    torch.testing.assert_close(loaded["transformer.wte.weight"], complete["transformer.wte.weight"])
 
 
 @pytest.mark.parametrize(

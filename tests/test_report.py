@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from pst.repro import report
+from pst.repro.experiments import member_path
+from pst.repro.fingerprint import code_fingerprint
 from pst.repro.profiles import SCORE_VARIANTS
 from pst.repro.results import record_path, run_id, write_record
 
@@ -39,13 +41,20 @@ def _pst_config(method: str, sparsity: float, overrides: dict) -> dict:
     return {**config, **overrides}
 
 
+def add_member(results: Path, experiment: str, rid: str) -> None:
+    """What an experiment writes for each of its runs before they train (pst.repro.experiments)."""
+    path = member_path(results, experiment, rid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}\n")
+
+
 def glue_record(results: Path, experiment: str, task: str, method: str, value: float, lr: float = 1e-4,
                 epochs: int = 20, sparsity: float = 0.9, pst: dict | None = None, added: int = 30464) -> dict:
     """A GLUE record with the runner's structure; every metric is ``value`` plus a fixed offset."""
     pst = dict(pst or {})
     config = {"batch_size": 32, "data_dir": None, "data_source": "synthetic", "epochs": epochs,
-              "eval_batch_size": 128, "experiment": experiment, "learning_rate": lr, "max_length": 128,
-              "method": method, "model": "tiny:bert", "pst": pst, "save_scores": False, "seed": 0,
+              "eval_batch_size": 128, "learning_rate": lr, "max_length": 128,
+              "method": method, "model": "tiny:bert", "pst": pst, "seed": 0,
               "sparsity": sparsity, "synthetic_sizes": None, "task": task, "warmup_steps": 0, "weight_decay": 0.0}
     metrics = {split: {name: value + 0.01 * i for i, name in enumerate(names)}
                for split, names in _GLUE_METRICS[task].items()}
@@ -56,7 +65,8 @@ def glue_record(results: Path, experiment: str, task: str, method: str, value: f
     evaluation = {"epoch": float(epochs), "metrics": metrics, "sparsity": selected_sparsity, "step": 100}
     rid = run_id(config)
     record = {
-        "config": config, "environment": {"pst": "0.1.0"}, "evaluations": [evaluation], "experiment": experiment,
+        "code_fingerprint": code_fingerprint(), "config": config, "environment": {"pst": "0.1.0"},
+        "evaluations": [evaluation], "finished_at": 1.0,
         "main_metric": main, "mean_sparsity": selected_sparsity - 0.0001 if method != "dense" else 0.0,
         "measured_sparsity": {}, "method": method, "model_name": "tiny:bert",
         "pst_config": _pst_config(method, sparsity, pst), "run_id": rid, "seed": 0,
@@ -66,12 +76,13 @@ def glue_record(results: Path, experiment: str, task: str, method: str, value: f
         "wall_time_s": 1.0,
     }
     write_record(record_path(results, rid), record)
+    add_member(results, experiment, rid)
     return record
 
 
 def nlg_record(results: Path, task: str, method: str, bleu: float, lr: float = 1e-4, meteor: float | None = 40.0,
                ) -> dict:
-    config = {"batch_size": 8, "epochs": 5, "experiment": "nlg-gpt2", "learning_rate": lr, "method": method,
+    config = {"batch_size": 8, "epochs": 5, "learning_rate": lr, "method": method,
               "model": "tiny:gpt2", "pst": {}, "seed": 0, "sparsity": 0.9, "task": task}
     if task == "e2e":
         metrics = {"all": {"BLEU": bleu, "NIST": 8.123, "METEOR": meteor, "ROUGE_L": 70.0, "CIDEr": 2.456}}
@@ -79,13 +90,14 @@ def nlg_record(results: Path, task: str, method: str, bleu: float, lr: float = 1
         subsets = ("all", "seen", "unseen") if task == "webnlg" else ("all",)
         metrics = {s: {"BLEU": bleu - i, "METEOR": meteor, "TER": 45.0 + i} for i, s in enumerate(subsets)}
     rid = run_id(config)
-    record = {"config": config, "experiment": "nlg-gpt2", "mean_sparsity": 0.8999, "method": method,
+    record = {"code_fingerprint": code_fingerprint(), "config": config, "mean_sparsity": 0.8999, "method": method,
               "metrics": metrics, "model_name": "tiny:gpt2", "pst_config": _pst_config(method, 0.9, {}),
-              "predictions_file": rid.split("/")[-1] + ".predictions.json", "run_id": rid, "seed": 0, "task": task,
+              "predictions_file": rid + ".predictions.jsonl", "run_id": rid, "seed": 0, "task": task,
               "trainable_parameters": {"added": 1, "head": 0, "percent": 1.0, "total": 2, "trainable": 1}}
     write_record(record_path(results, rid), record)
     # The runner writes decoded outputs next to the record: the report must ignore them.
-    write_record(record_path(results, rid).with_name(record["predictions_file"]), {"run_id": rid, "outputs": {}})
+    record_path(results, rid).with_name(record["predictions_file"]).write_text('{"subset": "all"}\n')
+    add_member(results, "nlg-gpt2", rid)
     return record
 
 
@@ -107,7 +119,8 @@ def glue_results(tmp_path: Path) -> Path:
 
 
 def test_best_runs_picks_the_best_learning_rate_and_epochs(glue_results: Path) -> None:
-    records = list(report.iter_records(glue_results, experiment="glue-bert"))
+    records = [r for r in report.read_results(glue_results) if "glue-bert" in r["experiments"]]
+    assert len(records) == 64
     best = report.best_runs(records)
     assert len(best) == 16
     for (task, method), record in best.items():
@@ -324,7 +337,7 @@ def test_paper_results_file_has_structure_and_no_invented_numbers() -> None:
 def test_build_report_with_some_experiments(glue_results: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     written = report.build_report(glue_results, out)
-    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/glue_bert",
+    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status", "tables/glue_bert",
                             "tables/glue_bert_selection"}
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
@@ -340,7 +353,7 @@ def test_build_report_with_every_experiment(tmp_path: Path) -> None:
     glue_record(results, "someone-elses-experiment", "rte", "pst", 0.7)
     out = tmp_path / "out"
     written = report.build_report(results, out)
-    expected = {"criteria", "parameter_counts", "glue_bert", "glue_bert_selection", "glue_roberta",
+    expected = {"criteria", "parameter_counts", "record_status", "glue_bert", "glue_bert_selection", "glue_roberta",
                 "glue_roberta_selection", "nlg_gpt2", "nlg_gpt2_selection", "analysis_runs", "ablation_score",
                 "ablation_rank", "ablation_sparsity"}
     assert set(written) == {f"tables/{name}" for name in expected} | {"figures/ablation_sparsity"}
@@ -369,3 +382,32 @@ def test_build_report_includes_the_score_structure_of_analysis_runs(tmp_path: Pa
     assert len(structure) == len(layers) and structure["both"].between(0, 1).all()
     runs = report.glue_table(results, "analysis", paper=False)
     assert list(runs.index) == ["PST", "MvP"]
+
+
+def test_the_report_reads_what_experiments_refer_to_and_says_what_it_leaves_out(tmp_path: Path, caplog) -> None:
+    """A shared record counts in every experiment that refers to it; a missing, unreadable or
+    other-code record is left out of the tables, logged and counted, never dropped silently."""
+    results = tmp_path / "results"
+    shared = glue_record(results, "glue-bert", "rte", "pst", 0.7)
+    add_member(results, "ablation-score", shared["run_id"])
+    magnitude = glue_record(results, "glue-bert", "rte", "magnitude", 0.6)
+    stale = glue_record(results, "glue-bert", "rte", "movement", 0.65)
+    write_record(record_path(results, stale["run_id"]), {**stale, "code_fingerprint": "0ld"})
+    broken = glue_record(results, "glue-bert", "rte", "dense", 0.9)
+    record_path(results, broken["run_id"]).write_text('{"run_id": "trunc')  # a disk filled up mid-write
+    add_member(results, "glue-bert", "rte-pst-never-ran")
+
+    records = report.read_results(results)
+    assert {r["run_id"]: r["experiments"] for r in records} == {
+        shared["run_id"]: ["ablation-score", "glue-bert"], magnitude["run_id"]: ["glue-bert"]}
+    assert "1 of 5 runs left out of its tables (no record yet)" in caplog.text
+    assert "(unreadable record" in caplog.text and "(made by other code" in caplog.text
+
+    status = report.record_status_table(results)
+    assert status.loc["glue-bert"].to_dict() == {"Runs": 5, "Done": 2, "No record yet": 1, "Unreadable": 1,
+                                                 "Made by other code": 1, "In tables": 2}
+    assert status.loc["ablation-score", "Done"] == 1
+    assert list(report.glue_table(results, "glue-bert", paper=False).index) == ["PST", "MaP"]
+    kept = report.glue_table(report.read_results(results, keep_stale=True), "glue-bert", paper=False)
+    assert list(kept.index) == ["PST", "MaP", "MvP"]
+    assert report.record_status_table(results, keep_stale=True).loc["glue-bert", "In tables"] == 3

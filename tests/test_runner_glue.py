@@ -1,16 +1,19 @@
-"""Smoke GLUE runs end to end on CPU: one task per family, resume after a crash, skip-if-done."""
+"""GLUE runs: smoke runs end to end on CPU (one task per family), resume after a crash,
+skip when done, redo when unreadable, records of other code, the sparsity of each evaluation."""
 import json
+import types
 
 import pytest
 import torch
 
 import pst
-from pst.repro.results import read_record
 from pst.repro.configs import GlueRunConfig
-from pst.repro.runners.glue import run_glue
-from pst.repro.runners.lifecycle import run_paths
-
-pytestmark = pytest.mark.slow
+from pst.repro.experiments import memberships
+from pst.repro.fingerprint import code_fingerprint
+from pst.repro.results import read_record, write_record
+from pst.repro.runners import glue as glue_runner
+from pst.repro.runners.glue import _evaluations, run_glue
+from pst.repro.runstate import SCORES_SUFFIX, StaleRecordsError, run_paths
 
 # Chance level of each synthetic task's main metric (balanced labels) plus a clear margin.
 FAMILIES = {
@@ -22,20 +25,42 @@ FAMILIES = {
 
 
 def smoke_config(task, **overrides):
-    values = dict(experiment="test", task=task, model="tiny:bert", method="pst", learning_rate=3e-3, epochs=4,
-                  batch_size=16, data_source="synthetic")
+    values = dict(task=task, model="tiny:bert", method="pst", learning_rate=3e-3, epochs=4, batch_size=16,
+                  data_source="synthetic")
     return GlueRunConfig(**(values | overrides))
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("glue")
-
-
-@pytest.mark.parametrize("task", sorted(FAMILIES))
-def test_smoke_run_reaches_target_sparsity_and_learns(task, workdir):
+def finished(tmp_path_factory):
+    """One finished SST-2 run, made here for the tests that need one (never left by another test)."""
     torch.set_num_threads(1)
-    record = run_glue(smoke_config(task), workdir / "results", workdir / "work")
+    root = tmp_path_factory.mktemp("finished")
+    config = smoke_config("sst2", epochs=3)
+    return config, root, run_glue(config, root / "results", root / "work")
+
+
+def _no_training(monkeypatch):
+    """Make the first step of real work (getting the model) fail, so a run that starts is seen at once."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the run started although its record should have been used")
+
+    monkeypatch.setattr(glue_runner, "resolve_model", refuse)
+
+
+def _fake_record(config, tmp_path, **fields):
+    """A record with every field the runners check, without training."""
+    paths = run_paths(config, tmp_path / "results", tmp_path / "work")
+    record = {"run_id": config.run_id, "config": {}, "code_fingerprint": code_fingerprint(), "finished_at": 1.0,
+              "selected": {"value": 0.5}, **fields}
+    write_record(paths.record, record)
+    return paths, record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(FAMILIES))
+def test_smoke_run_reaches_target_sparsity_and_learns(task, tmp_path):
+    torch.set_num_threads(1)
+    record = run_glue(smoke_config(task), tmp_path / "results", tmp_path / "work")
     metric, threshold = FAMILIES[task]
     assert record["main_metric"] == metric
     assert record["selected"]["target_reached"] and record["selected"]["sparsity"] == pytest.approx(0.9)
@@ -43,12 +68,13 @@ def test_smoke_run_reaches_target_sparsity_and_learns(task, workdir):
     value = record["selected"]["value"]
     assert value > threshold, f"{task}: {metric} {value:.3f} is not clearly above chance"
     assert record["trainable_parameters"]["added"] > 0 and record["environment"]["torch"]
+    assert record["code_fingerprint"] == code_fingerprint() and "experiment" not in record
 
 
-def test_interrupted_run_resumes_to_the_same_record(workdir, monkeypatch):
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_record(finished, tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    config = smoke_config("sst2", epochs=3, experiment="resume")
-    uninterrupted = run_glue(config, workdir / "a" / "results", workdir / "a" / "work")
+    config, _, uninterrupted = finished
 
     class Crash(RuntimeError):
         pass
@@ -61,41 +87,117 @@ def test_interrupted_run_resumes_to_the_same_record(workdir, monkeypatch):
 
     monkeypatch.setattr(pst, "SparsityCallback", CrashingCallback)
     with pytest.raises(Crash):
-        run_glue(config, workdir / "b" / "results", workdir / "b" / "work")
-    paths = run_paths(config, workdir / "b" / "results", workdir / "b" / "work")
+        run_glue(config, tmp_path / "results", tmp_path / "work")
+    paths = run_paths(config, tmp_path / "results", tmp_path / "work")
     assert not paths.record.exists() and paths.last_checkpoint() is not None
     monkeypatch.undo()
-    resumed = run_glue(config, workdir / "b" / "results", workdir / "b" / "work")
+    resumed = run_glue(config, tmp_path / "results", tmp_path / "work")
     for key in ("evaluations", "selected", "measured_sparsity", "train_steps"):
         assert json.dumps(resumed[key], sort_keys=True) == json.dumps(uninterrupted[key], sort_keys=True), key
     assert not paths.checkpoints.exists()  # dropped once the record is written
 
 
-def test_finished_run_is_skipped(workdir):
-    config = smoke_config("sst2", epochs=3, experiment="resume")
-    paths = run_paths(config, workdir / "a" / "results", workdir / "a" / "work")
-    before = read_record(paths.record)
-    again = run_glue(config, workdir / "a" / "results", workdir / "a" / "work")
-    assert again == before and paths.record.stat().st_mtime == pytest.approx(paths.record.stat().st_mtime)
+@pytest.mark.slow
+def test_finished_run_is_skipped_without_training(finished, monkeypatch):
+    config, root, _ = finished
+    paths = run_paths(config, root / "results", root / "work")
+    before, stamp = read_record(paths.record), paths.record.stat().st_mtime_ns
+    _no_training(monkeypatch)
+    assert run_glue(config, root / "results", root / "work") == before
+    assert paths.record.stat().st_mtime_ns == stamp
 
 
-def test_unknown_task_and_method_are_rejected(workdir):
-    with pytest.raises(ValueError, match="task"):
-        run_glue(smoke_config("squad"), workdir / "results", workdir / "work")
-    with pytest.raises(ValueError, match="unknown method"):
-        run_glue(smoke_config("sst2", method="prune-it"), workdir / "results", workdir / "work")
+@pytest.mark.slow
+def test_unreadable_record_is_moved_aside_and_the_run_redone(tmp_path, caplog):
+    torch.set_num_threads(1)
+    config = smoke_config("sst2", epochs=1)
+    paths = run_paths(config, tmp_path / "results", tmp_path / "work")
+    paths.record.parent.mkdir(parents=True)
+    paths.record.write_text('{"run_id": "sst2-pst-')  # a run killed by a full disk
+    record = run_glue(config, tmp_path / "results", tmp_path / "work")
+    assert read_record(paths.record) == record and record["selected"]["value"] > 0
+    (aside,) = paths.record.parent.glob(paths.record.name + ".corrupt-*")
+    assert aside.read_text() == '{"run_id": "sst2-pst-'
+    assert "is not valid JSON" in caplog.text and "moved aside" in caplog.text and "redone" in caplog.text
 
 
-def test_command_line_runs_one_config_and_rejects_bad_files(workdir, capsys):
+@pytest.mark.slow
+def test_scores_are_saved_when_asked_and_a_record_without_them_is_redone(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    config = smoke_config("sst2", epochs=1, method="movement")
+    paths, _ = _fake_record(config, tmp_path)  # done, but without the score file the analysis needs
+    record = run_glue(config, tmp_path / "results", tmp_path / "work", save_scores=True)
+    assert record["finished_at"] > 1.0 and paths.side_file(SCORES_SUFFIX).stat().st_size > 0
+    _no_training(monkeypatch)
+    assert run_glue(config, tmp_path / "results", tmp_path / "work", save_scores=True) == record
+
+
+def test_record_of_other_code_is_refused_kept_or_redone_as_asked(tmp_path, monkeypatch, caplog):
+    config = smoke_config("sst2")
+    paths, stale = _fake_record(config, tmp_path, code_fingerprint="0123456789abcdef")
+    _no_training(monkeypatch)
+    with pytest.raises(StaleRecordsError, match="made by other code.*--rerun-stale.*--keep-stale-records"):
+        run_glue(config, tmp_path / "results", tmp_path / "work")
+    assert run_glue(config, tmp_path / "results", tmp_path / "work", stale_records="keep") == stale
+    assert "keeping" in caplog.text and "0123456789abcdef" in caplog.text
+    with pytest.raises(AssertionError, match="started"):  # rerun: the run starts (and is stopped here)
+        run_glue(config, tmp_path / "results", tmp_path / "work", stale_records="rerun")
+    assert read_record(paths.record) == stale  # nothing finished is lost before the new record exists
+
+
+def test_force_redoes_records_finished_before_the_given_time(tmp_path, monkeypatch):
+    config = smoke_config("sst2")
+    _, record = _fake_record(config, tmp_path, finished_at=100.0)
+    _no_training(monkeypatch)
+    assert run_glue(config, tmp_path / "results", tmp_path / "work", force=50.0) == record
+    with pytest.raises(AssertionError, match="started"):
+        run_glue(config, tmp_path / "results", tmp_path / "work", force=150.0)
+
+
+def test_unknown_task_method_and_pst_override_are_rejected_when_planned():
+    with pytest.raises(ValueError, match="unknown GLUE task 'squad'"):
+        smoke_config("squad")
+    with pytest.raises(ValueError, match="unknown method 'prune-it'"):
+        smoke_config("sst2", method="prune-it")
+    with pytest.raises(ValueError, match="unknown pst override.*'rank'"):
+        smoke_config("sst2", pst={"rank": 4})
+
+
+def test_overrides_equal_to_the_defaults_do_not_make_another_run():
+    assert smoke_config("sst2", pst={"weight_rank": 8, "score_rank": 8}).run_id == smoke_config("sst2").run_id
+    assert smoke_config("sst2", pst={"weight_rank": 4}).run_id != smoke_config("sst2").run_id
+
+
+def _trainer_with(history):
+    return types.SimpleNamespace(state=types.SimpleNamespace(log_history=history))
+
+
+def test_each_evaluation_carries_the_sparsity_the_callback_logged():
+    history = [
+        {"loss": 0.7, "step": 10, "sparsity": 0.3},
+        {"eval_validation_accuracy": 0.6, "eval_validation_loss": 0.6, "epoch": 1.0, "step": 10, "sparsity": 0.3},
+        {"eval_validation_accuracy": 0.8, "epoch": 2.0, "step": 20, "sparsity": 0.9},
+    ]
+    evaluations = _evaluations(_trainer_with(history), ("validation",), prunes=True)
+    assert [(e["step"], e["sparsity"], e["metrics"]) for e in evaluations] == [
+        (10, 0.3, {"validation": {"accuracy": 0.6}}), (20, 0.9, {"validation": {"accuracy": 0.8}})]
+    assert all(e["sparsity"] == 0.0 for e in _evaluations(_trainer_with(history), ("validation",), prunes=False))
+    with pytest.raises(RuntimeError, match="no logged sparsity.*SparsityCallback"):
+        _evaluations(_trainer_with([{"eval_validation_accuracy": 0.5, "step": 5}]), ("validation",), prunes=True)
+
+
+@pytest.mark.slow
+def test_command_line_runs_one_config_and_rejects_bad_files(tmp_path, capsys):
     from pst.repro.runners.__main__ import main
 
-    config = workdir / "run.json"
-    config.write_text(json.dumps({"experiment": "cli", "task": "sst2", "model": "tiny:bert", "method": "pst",
-                                  "learning_rate": 3e-3, "epochs": 1, "batch_size": 16, "data_source": "synthetic"}))
-    main(["glue", str(config), "--out", str(workdir / "cli")])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"].startswith("cli/sst2-pst")
-    assert list((workdir / "cli" / "results" / "cli").glob("*.json"))
-    config.write_text(json.dumps({"experiment": "cli", "no_such_field": 1}))
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"task": "sst2", "model": "tiny:bert", "method": "pst", "learning_rate": 3e-3,
+                                  "epochs": 1, "batch_size": 16, "data_source": "synthetic"}))
+    main(["glue", str(config), "--out", str(tmp_path / "cli"), "--experiment", "cli"])
+    run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
+    assert run_id.startswith("sst2-pst") and (tmp_path / "cli" / "results" / "runs" / f"{run_id}.json").is_file()
+    assert memberships(tmp_path / "cli" / "results") == {"cli": [run_id]}
+    config.write_text(json.dumps({"task": "sst2", "no_such_field": 1}))
     with pytest.raises(SystemExit):
         main(["glue", str(config)])
     assert "does not hold the fields of a GlueRunConfig" in capsys.readouterr().err

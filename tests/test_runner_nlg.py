@@ -1,5 +1,4 @@
 """Smoke NLG runs on CPU: train a tiny GPT-2 with PST, decode with beam search, score, record."""
-import dataclasses
 import math
 
 import pytest
@@ -8,8 +7,8 @@ import torch
 from pst.repro import profiles
 from pst.repro.models import TINY_VOCAB_SIZE
 from pst.repro.results import read_jsonl
-from pst.repro.runners.lifecycle import run_paths
 from pst.repro.runners.nlg import PREDICTIONS_SUFFIX, run_nlg
+from pst.repro.runstate import run_paths
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +20,6 @@ EXPECTED_METRICS = {"e2e": {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}, "dart
 def test_smoke_run_trains_decodes_scores_and_records(dataset, tmp_path):
     torch.set_num_threads(1)
     (run,) = profiles.nlg_runs("smoke", datasets=[dataset], methods=["pst"])
-    run = dataclasses.replace(run, experiment="test")
     record = run_nlg(run, tmp_path / "results", tmp_path / "work")
     paths = run_paths(run, tmp_path / "results", tmp_path / "work")
     assert paths.record.is_file() and not paths.checkpoints.exists()

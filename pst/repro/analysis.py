@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .runstate import SCORES_SUFFIX  # the side file a GLUE run writes next to its record (save_scores=True)
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
-
-#: Suffix of the side file a GLUE run writes next to its record (``save_scores=True``).
-SCORES_SUFFIX = ".scores.safetensors"
 #: Share kinds, in the order tables and figures show them.
 SHARE_KINDS = ("row_col", "low_rank", "both")
 SHARE_LABELS = {
@@ -78,8 +77,8 @@ def load_scores(path: Path | str) -> dict[str, dict[str, torch.Tensor]]:
         path = path.with_name(path.name.removesuffix(".json") + SCORES_SUFFIX)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no score file at {path}; runs write one only with save_scores=True "
-            f"(<record>{SCORES_SUFFIX}, see pst.repro.profiles.analysis_runs)"
+            f"no score file at {path}; runs write one only when their experiment has save_scores=True "
+            f"(<record>{SCORES_SUFFIX}, see the 'analysis' experiment in pst.repro.profiles)"
         )
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in load_file(str(path)).items():

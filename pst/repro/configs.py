@@ -1,28 +1,56 @@
 """The configs of one GLUE run and one NLG run: the identity of a run, light to import.
 
 Profiles build them, runners execute them, the report and ``reproduce.py`` read them; none
-of those needs the others to know what a run is.
+of those needs the others to know what a run is. A config holds what determines the run's
+result and nothing else: not the experiment that asked for it (several experiments share
+a run, see :mod:`pst.repro.experiments`), not which side files to keep.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pst
 
+from .glue_tasks import get_task
+from .results import run_id
+
+#: ``PSTConfig`` defaults that a run's ``pst`` overrides may change (method and sparsity
+#: are fields of the run itself).
+_PST_DEFAULTS = {f.name: f.default for f in dataclasses.fields(pst.PSTConfig) if f.name not in ("method", "sparsity")}
+
 
 class _RunConfig:
-    """What both run configs share: the PST settings of the run."""
+    """What both run configs share: the PST settings of the run, and its id."""
+
+    kind: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        # Overrides equal to a default are dropped, so {"weight_rank": 8} and {} are one run.
+        unknown = sorted(set(self.pst) - set(_PST_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown pst override(s) {unknown}; accepted: {sorted(_PST_DEFAULTS)} "
+                             "(method and sparsity are fields of the run config)")
+        object.__setattr__(self, "pst", {k: v for k, v in sorted(self.pst.items()) if v != _PST_DEFAULTS[k]})
+        pst.get_method(self.method)  # fail at planning time, naming the known methods
 
     def pst_config(self) -> pst.PSTConfig:
         """The run's ``PSTConfig``: its method and sparsity plus the ``pst`` overrides."""
         return pst.PSTConfig(method=self.method, sparsity=self.sparsity, **self.pst)
+
+    @property
+    def run_id(self) -> str:
+        """The record's name: equal configs, whichever experiment asks, have one id and one record."""
+        return run_id(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
 class GlueRunConfig(_RunConfig):
     """Everything that defines one GLUE run; its JSON is the run's identity."""
 
-    experiment: str
+    kind: ClassVar[str] = "glue"
+
     task: str
     model: str  # hub name, local folder, or tiny:bert / tiny:roberta
     method: str
@@ -39,14 +67,18 @@ class GlueRunConfig(_RunConfig):
     weight_decay: float = 0.0
     warmup_steps: float = 0  # an int counts steps, a float in [0, 1) is a fraction of training
     pst: dict = field(default_factory=dict)  # PSTConfig overrides: ranks, ablation switches, ...
-    save_scores: bool = False  # keep learned score matrices for the importance-score analysis
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_task(self.task)
 
 
 @dataclass(frozen=True)
 class NlgRunConfig(_RunConfig):
     """Everything that defines one NLG run; its JSON is the run's identity."""
 
-    experiment: str
+    kind: ClassVar[str] = "nlg"
+
     task: str  # e2e | dart | webnlg
     model: str  # hub name (gpt2-medium), local folder, or tiny:gpt2
     method: str
@@ -71,3 +103,7 @@ class NlgRunConfig(_RunConfig):
     max_new_tokens: int = 64
     decode_batch_size: int = 16
     pst: dict = field(default_factory=dict)
+
+
+#: Config class by kind, for files that name the kind (membership files, the runner CLI).
+CONFIG_KINDS: dict[str, type] = {cls.kind: cls for cls in (GlueRunConfig, NlgRunConfig)}

@@ -2,26 +2,27 @@
 permits and synthetic data elsewhere, minutes on a CPU)
 and ``paper`` (the paper's models, data and grids; a GPU machine).
 
-Every notebook asks this module for its runs, so a setting lives here and nowhere else.
-Where the paper is silent we say what we chose (see the comments and README).
+Every notebook asks this module for its runs (:func:`plan`), and so does ``reproduce.py
+--dry-run``, with the same parameters: a setting lives here and nowhere else, and the plan
+printed is the plan run. Where the paper is silent we say what we chose (see the comments
+and README).
 """
 from __future__ import annotations
 
+import inspect
 import itertools
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
 
+from . import glue_tasks
 from .configs import GlueRunConfig, NlgRunConfig
 from .data import bundled
 from .data.nlg import LORA_WEBNLG_URL
+from .experiments import Experiment
 
 PROFILES = ("smoke", "paper")
 PRUNING_BASELINES = ("pst", "magnitude", "movement")
 
-GLUE_TASKS = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc", "rte")
-#: GLUE training-set sizes, for the cost estimate of the paper profile.
-GLUE_TRAIN_SIZES = {"mnli": 392_702, "qqp": 363_846, "qnli": 104_743, "sst2": 67_349,
-                    "cola": 8_551, "stsb": 5_749, "mrpc": 3_668, "rte": 2_490}
+GLUE_TASKS = tuple(glue_tasks.GLUE_TASKS)  # the paper's eight, in its order
 
 _PAPER_GLUE = {
     # shared/PAPER.md: BERT batch 32, lr {3e-5, 5e-5, 1e-4, 5e-4}; RoBERTa batch 16,
@@ -57,14 +58,16 @@ def paper_epochs(task: str) -> tuple[int, ...]:
     return (10, 20) if task in ("mnli", "qqp") else (20, 40)
 
 
+GLUE_METHODS = (*PRUNING_BASELINES, "dense")
+
+
 def glue_runs(profile: str, family: str, tasks: Iterable[str] | None = None,
-              methods: Iterable[str] = (*PRUNING_BASELINES, "dense"), experiment: str | None = None,
-              sparsity: float = 0.9, pst: dict | None = None) -> list[GlueRunConfig]:
+              methods: Iterable[str] = GLUE_METHODS, sparsity: float = 0.9,
+              pst: dict | None = None) -> list[GlueRunConfig]:
     """The grid of one GLUE table: tasks x methods x learning rates x epochs."""
     check_profile(profile)
     if family not in _PAPER_GLUE:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(_PAPER_GLUE)}")
-    experiment = experiment or f"glue-{family}"
     tasks = tuple(tasks or (_SMOKE_TASKS[family] if profile == "smoke" else GLUE_TASKS))
     runs = []
     for task, method in itertools.product(tasks, methods):
@@ -80,7 +83,7 @@ def glue_runs(profile: str, family: str, tasks: Iterable[str] | None = None,
                 lrs, epochs = _PAPER_DENSE["learning_rates"], _PAPER_DENSE["epochs"]
             base = dict(model=settings["model"], data_source="hub")
         for lr, n_epochs in itertools.product(lrs, epochs):
-            runs.append(GlueRunConfig(experiment=experiment, task=task, method=method, learning_rate=lr,
+            runs.append(GlueRunConfig(task=task, method=method, learning_rate=lr,
                                       epochs=n_epochs, batch_size=batch, sparsity=sparsity, pst=dict(pst or {}),
                                       **base))
     return runs
@@ -119,14 +122,13 @@ def _single_setting(runs: list[GlueRunConfig], profile: str) -> list[GlueRunConf
 
 def analysis_runs(profile: str) -> list[GlueRunConfig]:
     """Movement pruning and PST runs whose learned scores the analysis notebook inspects."""
-    runs = glue_runs(profile, "bert", _ANALYSIS_TASKS[profile], ("movement", "pst"), experiment="analysis")
-    return [replace(run, save_scores=True) for run in _single_setting(runs, profile)]
+    return _single_setting(glue_runs(profile, "bert", _ANALYSIS_TASKS[profile], ("movement", "pst")), profile)
 
 
 def score_ablation_runs(profile: str) -> dict[str, list[GlueRunConfig]]:
     return {
-        name: _single_setting(glue_runs(profile, "bert", _ABLATION_TASKS[profile], ("pst",),
-                                        experiment="ablation-score", pst=overrides), profile)
+        name: _single_setting(glue_runs(profile, "bert", _ABLATION_TASKS[profile], ("pst",), pst=overrides),
+                              profile)
         for name, overrides in SCORE_VARIANTS.items()
     }
 
@@ -138,15 +140,15 @@ def rank_ablation_runs(profile: str) -> dict[tuple[int, int], list[GlueRunConfig
     grid = {}
     for r1, r2 in pairs:
         grid[(r1, r2)] = _single_setting(
-            glue_runs(profile, "bert", _ABLATION_TASKS[profile], ("pst",), experiment="ablation-rank",
-                      pst={"weight_rank": r1, "score_rank": r2}), profile)
+            glue_runs(profile, "bert", _ABLATION_TASKS[profile], ("pst",), pst={"weight_rank": r1, "score_rank": r2}),
+            profile)
     return grid
 
 
 def sparsity_sweep_runs(profile: str) -> dict[float, list[GlueRunConfig]]:
     return {
         sparsity: _single_setting(glue_runs(profile, "bert", _ABLATION_TASKS[profile], PRUNING_BASELINES,
-                                            experiment="ablation-sparsity", sparsity=sparsity), profile)
+                                            sparsity=sparsity), profile)
         for sparsity in SPARSITY_SWEEP[profile]
     }
 
@@ -183,8 +185,72 @@ def nlg_runs(profile: str, datasets: Iterable[str] = NLG_DATASETS,
         else:  # WebNLG has no script-free hub copy: read LoRA's distribution of the JSON files
             settings = dict(model="gpt2-medium", data_source="local" if dataset == "webnlg" else "hub",
                             data_url=LORA_WEBNLG_URL if dataset == "webnlg" else None)
-        runs.append(NlgRunConfig(experiment="nlg-gpt2", task=dataset, method=method, **settings))
+        runs.append(NlgRunConfig(task=dataset, method=method, **settings))
     return runs
+
+
+# -- what each notebook runs ------------------------------------------------------------------
+# One function per notebook that trains, taking the notebook's own parameters (the ones that
+# shape its runs): the notebook calls plan() with them, reproduce.py --dry-run with the
+# notebook's defaults and the -p overrides.
+
+
+def _plan_importance_scores(profile: str) -> list[Experiment]:
+    return [Experiment("analysis", analysis_runs(profile), save_scores=True)]
+
+
+def _plan_glue_bert(profile: str, tasks: Iterable[str] | None = None,
+                    methods: Iterable[str] = GLUE_METHODS) -> list[Experiment]:
+    return [Experiment("glue-bert", glue_runs(profile, "bert", tasks, methods))]
+
+
+def _plan_glue_roberta(profile: str, tasks: Iterable[str] | None = None,
+                       methods: Iterable[str] = GLUE_METHODS) -> list[Experiment]:
+    return [Experiment("glue-roberta", glue_runs(profile, "roberta", tasks, methods))]
+
+
+def _plan_nlg_gpt2(profile: str, datasets: Iterable[str] = NLG_DATASETS,
+                   methods: Iterable[str] = PRUNING_BASELINES) -> list[Experiment]:
+    return [Experiment("nlg-gpt2", nlg_runs(profile, datasets, methods))]
+
+
+def _plan_ablations(profile: str) -> list[Experiment]:
+    return [Experiment("ablation-score", flatten(score_ablation_runs(profile))),
+            Experiment("ablation-rank", flatten(rank_ablation_runs(profile))),
+            Experiment("ablation-sparsity", flatten(sparsity_sweep_runs(profile)))]
+
+
+NOTEBOOK_PLANS: dict[str, Callable[..., list[Experiment]]] = {
+    "02_importance_scores": _plan_importance_scores,
+    "03_glue_bert": _plan_glue_bert,
+    "04_glue_roberta": _plan_glue_roberta,
+    "05_nlg_gpt2": _plan_nlg_gpt2,
+    "06_ablations": _plan_ablations,
+}
+
+
+def plan_parameters(notebook: str) -> tuple[str, ...]:
+    """The notebook parameters that shape its runs (besides ``profile``); () for a notebook that trains nothing."""
+    if notebook not in NOTEBOOK_PLANS:
+        return ()
+    return tuple(name for name in inspect.signature(NOTEBOOK_PLANS[notebook]).parameters if name != "profile")
+
+
+def plan(notebook: str, profile: str, **parameters) -> dict[str, Experiment]:
+    """The experiments ``notebook`` runs in ``profile`` with these notebook parameters, by name.
+
+    A notebook that trains nothing has none; a parameter the notebook's plan does not take
+    is refused, naming the ones it takes.
+    """
+    check_profile(profile)
+    if notebook not in NOTEBOOK_PLANS:
+        if parameters:
+            raise ValueError(f"notebook {notebook!r} trains nothing and takes no plan parameters, got {sorted(parameters)}")
+        return {}
+    unknown = sorted(set(parameters) - set(plan_parameters(notebook)))
+    if unknown:
+        raise ValueError(f"the plan of {notebook} takes no parameter(s) {unknown}; it takes {list(plan_parameters(notebook))}")
+    return {experiment.name: experiment for experiment in NOTEBOOK_PLANS[notebook](profile, **parameters)}
 
 
 # -- cost -----------------------------------------------------------------------------------
@@ -200,8 +266,8 @@ def estimated_gpu_hours(runs: Iterable) -> float:
     for run in runs:
         if run.model.startswith("tiny:"):
             continue
-        if run.task in GLUE_TRAIN_SIZES:
-            steps = run.epochs * GLUE_TRAIN_SIZES[run.task] / run.batch_size
+        if run.task in glue_tasks.GLUE_TASKS:
+            steps = run.epochs * glue_tasks.GLUE_TASKS[run.task].train_size / run.batch_size
             rate = ASSUMED_STEPS_PER_SECOND["glue-roberta" if "roberta" in run.model else "glue-bert"]
         else:
             steps = run.epochs * {"e2e": 42_061, "dart": 62_659, "webnlg": 18_025}[run.task] / run.batch_size

@@ -4,9 +4,11 @@ A record is the only thing a run leaves for the report, so it must never be
 half-written (runs get killed), must be valid JSON for any tool that reads it,
 and must say which code and environment produced it.
 
-Layout: ``<results_dir>/<run_id>.json`` where :func:`run_id` gives
-``<experiment>/<task>-<method>-…-<hash>``; ``results_dir`` may hold any
-number of experiments.
+Layout: ``<results_dir>/runs/<run_id>.json`` where :func:`run_id` gives
+``<task>-<method>-…-<hash>`` from the run's config alone, so a run that several
+experiments ask for has one record (which experiments refer to it is kept beside,
+see :mod:`pst.repro.experiments`). Side files of a run (decoded outputs, score
+matrices) sit next to its record.
 
 Non-finite floats: JSON has no NaN or infinity, and a metric can honestly be
 NaN (Pearson correlation of constant predictions). Rather than crash the run at
@@ -27,10 +29,11 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from .atomic import write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +44,8 @@ RECORD_SUFFIX = ".json"
 #: How non-finite floats are spelled inside a record (see module docstring).
 NONFINITE_TOKENS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 HASH_LENGTH = 10
-DEFAULT_EXPERIMENT = "default"
+#: The folder of ``results_dir`` that holds the records.
+RUNS_FOLDER = "runs"
 
 # Config keys shown in the readable part of a run id, with the label used there.
 # Several spellings are accepted so runners need not rename their settings.
@@ -52,8 +56,7 @@ _ID_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("seed", ("seed",)),
 )
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
-
-T = TypeVar("T")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]*")
 
 
 # --------------------------------------------------------------------------- run ids
@@ -77,22 +80,21 @@ def config_hash(config: dict[str, Any], length: int = HASH_LENGTH) -> str:
 
 
 def run_id(config: dict[str, Any]) -> str:
-    """A stable id such as ``glue-bert/rte-pst-sp0.9-lr5e-05-ep20-seed42-1a2b3c4d5e``.
+    """A stable id such as ``rte-pst-sp0.9-lr5e-05-ep20-seed42-1a2b3c4d5e``, one safe file name.
 
-    The readable part (experiment, task, method, sparsity, learning rate,
-    epochs, seed, when present at the top level) helps people browse; the hash
-    of the whole config makes any change, anywhere in it, give a new id.
+    The readable part (task, method, sparsity, learning rate, epochs, seed, when
+    present at the top level) helps people browse; the hash of the whole config
+    makes any change, anywhere in it, give a new id, and equal configs one id.
     """
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")
-    experiment = _slug(config.get("experiment", DEFAULT_EXPERIMENT))
     parts = [_slug(config[key]) for key in ("task", "method") if config.get(key) is not None]
     for label, keys in _ID_FIELDS:
         value = next((config[key] for key in keys if config.get(key) is not None), None)
         if value is not None:
             parts.append(label + _slug(_format_value(value)))
     parts.append(config_hash(config))
-    return f"{experiment}/{'-'.join(parts)}"
+    return "-".join(parts)
 
 
 def _format_value(value: Any) -> str:
@@ -108,12 +110,17 @@ def _slug(value: Any) -> str:
     return text or "_"
 
 
+def check_name(name: str, what: str = "run id") -> str:
+    """Refuse a run id or experiment name that is not one safe file name (no folders, no dots first)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not a safe file name: letters, digits and ._+=- only, "
+                         "not starting with a dot")
+    return name
+
+
 def record_path(results_dir: Path | str, run_id_: str) -> Path:
-    """Where the record of ``run_id_`` lives; refuses ids that would escape ``results_dir``."""
-    parts = Path(run_id_).parts
-    if not parts or Path(run_id_).is_absolute() or any(part in ("..", ".") for part in parts):
-        raise ValueError(f"run id {run_id_!r} is not a relative path inside the results folder")
-    return Path(results_dir) / f"{run_id_}{RECORD_SUFFIX}"
+    """Where the record of ``run_id_`` lives: ``<results_dir>/runs/<run_id>.json``."""
+    return Path(results_dir) / RUNS_FOLDER / f"{check_name(run_id_)}{RECORD_SUFFIX}"
 
 
 # --------------------------------------------------------------------------- write / read
@@ -137,41 +144,6 @@ def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> None:
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     return [decode_nonfinite(json.loads(line)) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    """The text goes to a temporary file in the same folder (same file system, so the
-    rename is atomic), is flushed to disk, then replaces ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    logger.debug("wrote %s", path)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable where the OS allows it (POSIX); harmless elsewhere."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def read_record(path: Path | str) -> dict[str, Any] | None:
@@ -229,11 +201,6 @@ def decode_nonfinite(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- query
-
-
-def record_exists(results_dir: Path | str, run_id_: str) -> bool:
-    """Whether the run already left a record: runners skip it (resume after a crash)."""
-    return record_path(results_dir, run_id_).is_file()
 
 
 def iter_records(results_dir: Path | str, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -384,18 +351,19 @@ def _check_shard(index: int, count: int) -> None:
         raise ValueError(f"shard index i={index} must satisfy 0 <= i < n={count} (shards are 0-based)")
 
 
-def select_shard(items: Iterable[T], index: int, count: int) -> list[T]:
-    """Items whose position ``k`` has ``k % count == index``: a deterministic round-robin split.
+def in_shard(config: dict[str, Any], index: int, count: int) -> bool:
+    """Whether the run of ``config`` belongs to shard ``index`` of ``count``, by its config hash.
 
-    Over ``index = 0 .. count-1`` the shards partition ``items``, and round-robin
-    spreads long and short runs evenly when ``items`` is ordered by cost.
+    The hash, not a position in a list, decides: a run that several experiments or
+    notebooks share lands in the same shard everywhere, so it trains on one machine only.
+    Over ``index = 0 .. count-1`` the shards partition any set of runs.
     """
     _check_shard(index, count)
-    return [item for position, item in enumerate(items) if position % count == index]
+    return int(config_hash(config), 16) % count == index
 
 
 __all__ = [
     "canonical_json", "config_hash", "decode_nonfinite", "encode_nonfinite", "environment_info",
-    "git_commit", "iter_records", "parse_shard", "read_jsonl", "read_record", "record_exists", "record_path",
-    "records_frame", "run_id", "select_shard", "write_jsonl", "write_text_atomic", "write_record",
+    "check_name", "git_commit", "in_shard", "iter_records", "parse_shard", "read_jsonl", "read_record", "record_path",
+    "records_frame", "run_id", "write_jsonl", "write_text_atomic", "write_record",
 ]

@@ -1,12 +1,14 @@
 """The output folder of a reproduction: one layout shared by the notebooks, reproduce.py and tests.
 
-    <out>/results/<experiment>/<run>.json   one record per run (+ decoded outputs, score files)
+    <out>/results/runs/<run_id>.json   one record per run (+ decoded outputs, score files)
+    <out>/results/experiments/<experiment>/<run_id>.run   which experiments refer to a run
     <out>/work/models, <out>/work/checkpoints   tiny smoke models; checkpoints of unfinished runs
     <out>/tables/*.md|tex|csv, <out>/figures/*.png|pdf   built by the report from records only
     <out>/executed/*.ipynb   the notebooks as papermill ran them
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .results import parse_shard, select_shard
+from .results import in_shard, parse_shard
 
 T = TypeVar("T")
 
@@ -52,11 +54,15 @@ class Workspace:
 
 
 def shard_of(runs: Sequence[T], shard: str | None) -> list[T]:
-    """The runs of shard ``"i/n"`` (0-based), or all runs when ``shard`` is None."""
+    """The runs of shard ``"i/n"`` (0-based), or all runs when ``shard`` is None.
+
+    A run's shard follows from its config (:func:`pst.repro.results.in_shard`), so the same
+    run is in the same shard in every notebook that asks for it.
+    """
     if shard is None:
         return list(runs)
     index, count = parse_shard(shard)
-    return select_shard(list(runs), index, count)
+    return [run for run in runs if in_shard(dataclasses.asdict(run), index, count)]
 
 
 def quiet_notebook_logging() -> None:

@@ -1,4 +1,4 @@
-"""GLUE data: one task table and one record format for every source.
+"""GLUE data: one record format for every source (the task facts: :mod:`pst.repro.glue_tasks`).
 
 Every source (the Hugging Face hub, local files, the real subsets shipped with the package,
 the synthetic generator) yields a ``DatasetDict`` with the same splits (``train`` plus the
@@ -17,59 +17,14 @@ from typing import Any
 
 import datasets
 
+from ..glue_tasks import GLUE_TASKS, GlueTask, get_task  # noqa: F401 - the task table lives there
+
 logger = logging.getLogger(__name__)
 
 HUB_DATASET = "nyu-mll/glue"
 SOURCES = ("hub", "local", "bundled", "synthetic")
 LABEL_COLUMN = "label"
 SPLIT_FILE_EXTENSIONS = ("csv", "json", "jsonl")
-
-
-@dataclass(frozen=True)
-class GlueTask:
-    """What the rest of the package needs to know about one GLUE task."""
-
-    name: str
-    text_keys: tuple[str, ...]
-    num_labels: int
-    is_regression: bool
-    eval_splits: tuple[str, ...]
-    main_metric: str
-    label_names: tuple[str, ...] = ()
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """All splits a loaded task holds: train first, then the dev splits."""
-        return ("train", *self.eval_splits)
-
-    @property
-    def is_pair(self) -> bool:
-        return len(self.text_keys) == 2
-
-
-def _task(name: str, text_keys: tuple[str, ...], main_metric: str, label_names: tuple[str, ...],
-          eval_splits: tuple[str, ...] = ("validation",)) -> GlueTask:
-    is_regression = not label_names
-    return GlueTask(name=name, text_keys=text_keys, num_labels=1 if is_regression else len(label_names),
-                    is_regression=is_regression, eval_splits=eval_splits, main_metric=main_metric,
-                    label_names=label_names)
-
-
-# Label names and their order are those of nyu-mll/glue, so label ids agree across sources.
-GLUE_TASKS: dict[str, GlueTask] = {
-    t.name: t
-    for t in (
-        _task("mnli", ("premise", "hypothesis"), "accuracy", ("entailment", "neutral", "contradiction"),
-              eval_splits=("validation_matched", "validation_mismatched")),
-        _task("qqp", ("question1", "question2"), "f1", ("not_duplicate", "duplicate")),
-        _task("qnli", ("question", "sentence"), "accuracy", ("entailment", "not_entailment")),
-        _task("sst2", ("sentence",), "accuracy", ("negative", "positive")),
-        _task("cola", ("sentence",), "matthews_correlation", ("unacceptable", "acceptable")),
-        _task("stsb", ("sentence1", "sentence2"), "pearson", ()),
-        _task("mrpc", ("sentence1", "sentence2"), "f1", ("not_equivalent", "equivalent")),
-        _task("rte", ("sentence1", "sentence2"), "accuracy", ("entailment", "not_entailment")),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -101,14 +56,6 @@ _TSV_LAYOUTS: dict[str, _TsvLayout] = {
     "qnli": _TsvLayout("QNLI", ("question", "sentence"), "label", _DEV),
     "rte": _TsvLayout("RTE", ("sentence1", "sentence2"), "label", _DEV),
 }
-
-
-def get_task(task: str) -> GlueTask:
-    """Look a task up by name, failing with the list of valid names."""
-    try:
-        return GLUE_TASKS[task]
-    except KeyError:
-        raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}") from None
 
 
 def glue_features(task: str) -> datasets.Features:

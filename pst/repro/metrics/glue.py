@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from pst.repro.data.glue import GLUE_TASKS, get_task
+from pst.repro.glue_tasks import GLUE_TASKS, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,14 @@ MAIN_METRIC: dict[str, str] = {
     **{config: GLUE_TASKS["mnli"].main_metric for config in MNLI_CONFIGS.values()},
 }
 
-_ACCURACY_ONLY = {"mnli", "mnli_matched", "mnli_mismatched", "qnli", "sst2", "rte"}
-_ACCURACY_AND_F1 = {"mrpc", "qqp"}
+#: How each metric of ``GlueTask.metrics`` is computed (the hub ``glue`` metric's formulas).
+_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda preds, refs: float((preds == refs).mean()),
+    "f1": lambda preds, refs: float(f1_score(y_true=refs, y_pred=preds)),
+    "matthews_correlation": lambda preds, refs: float(matthews_corrcoef(refs, preds)),
+    "pearson": lambda preds, refs: float(pearsonr(preds, refs)[0]),
+    "spearmanr": lambda preds, refs: float(spearmanr(preds, refs)[0]),
+}
 
 
 def _base_task(config: str) -> str:
@@ -60,16 +66,13 @@ def glue_metrics(task: str, predictions: Sequence | np.ndarray, references: Sequ
     ``task`` is a GLUE task name or ``mnli_matched`` / ``mnli_mismatched``. Returns the hub's
     key names: ``accuracy``, ``f1``, ``matthews_correlation``, ``pearson``, ``spearmanr``.
     """
-    is_regression = get_task(_base_task(task)).is_regression
-    preds, refs = _as_arrays(task, predictions, references, is_regression)
-    if task == "cola":
-        return {"matthews_correlation": float(matthews_corrcoef(refs, preds))}
-    if task == "stsb":
-        return _pearson_and_spearman(preds, refs)
-    if task in _ACCURACY_AND_F1:
-        return {"accuracy": _accuracy(preds, refs), "f1": float(f1_score(y_true=refs, y_pred=preds))}
-    assert task in _ACCURACY_ONLY, task
-    return {"accuracy": _accuracy(preds, refs)}
+    spec = get_task(_base_task(task))
+    preds, refs = _as_arrays(task, predictions, references, spec.is_regression)
+    scores = {metric: _METRICS[metric](preds, refs) for metric in spec.metrics}
+    if spec.is_regression and any(math.isnan(v) for v in scores.values()):
+        # Constant predictions leave both correlations undefined: NaN, as in the hub metric.
+        logger.warning("%s correlation is undefined (NaN): predictions or references are constant", task)
+    return scores
 
 
 def _as_arrays(task: str, predictions: Any, references: Any, is_regression: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -88,18 +91,6 @@ def _as_arrays(task: str, predictions: Any, references: Any, is_regression: bool
         if not np.all(np.equal(np.mod(values, 1), 0)):
             raise ValueError(f"{task}: {name} must be class ids (integers), got e.g. {values[:3].tolist()}")
     return preds.astype(np.int64), refs.astype(np.int64)
-
-
-def _accuracy(preds: np.ndarray, refs: np.ndarray) -> float:
-    return float((preds == refs).mean())
-
-
-def _pearson_and_spearman(preds: np.ndarray, refs: np.ndarray) -> dict[str, float]:
-    """Constant predictions leave both correlations undefined: NaN, as in the hub metric (logged)."""
-    out = {"pearson": float(pearsonr(preds, refs)[0]), "spearmanr": float(spearmanr(preds, refs)[0])}
-    if any(math.isnan(v) for v in out.values()):
-        logger.warning("stsb correlation is undefined (NaN): predictions or references are constant")
-    return out
 
 
 def logits_to_predictions(task: str, logits: Any) -> np.ndarray:

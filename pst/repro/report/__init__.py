@@ -31,9 +31,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..results import iter_records
 from .ablations import rank_ablation_table, score_ablation_table, score_variant, sparsity_figure, sparsity_table
-from .columns import GLUE_COLUMNS, METHOD_NAMES, METHOD_ORDER, MISSING, NLG_COLUMNS, method_name
+from .columns import GLUE_COLUMNS, METHOD_ORDER, MISSING, NLG_COLUMNS, method_name, method_style
 from .counts import criteria_table, parameter_counts, parameter_counts_table
 from .files import display_frame, save_figure, save_table
 from .paper import PAPER_RESULTS_PATH, check_paper_results, paper_results, paper_value
@@ -44,9 +43,11 @@ from .records import (
     KNOWN_EXPERIMENTS,
     NLG_EXPERIMENT,
     best_runs,
+    read_results,
     selection_value,
 )
 from .score_structure import score_structure_outputs
+from .status import record_status_table
 from .tables import glue_table, nlg_table, selection_table
 
 if TYPE_CHECKING:
@@ -56,11 +57,12 @@ logger = logging.getLogger(__name__)
 
 
 def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, analysis: bool = True,
-                 ) -> dict[str, list[Path]]:
+                 keep_stale: bool = False) -> dict[str, list[Path]]:
     """Every table and figure the records allow, under ``out_dir/tables`` and ``out_dir/figures``.
 
-    Always writes ``criteria`` (Table 1) and ``parameter_counts``; then, for each experiment
-    with records, its tables (``glue_bert``, ``glue_roberta``, ``nlg_gpt2`` with their
+    Always writes ``criteria`` (Table 1), ``parameter_counts`` and ``record_status`` (per
+    experiment, its runs and what is left out; records of other code are used only when
+    ``keep_stale``); then, for each experiment with records, its tables (``glue_bert``, ``glue_roberta``, ``nlg_gpt2`` with their
     ``*_selection`` grids, ``analysis_runs``, ``ablation_score``, ``ablation_rank``,
     ``ablation_sparsity``) and figures (``ablation_sparsity``; the score-structure outputs of
     :func:`score_structure_outputs` when ``analysis``). Experiments without records are
@@ -68,8 +70,8 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     tables, figures = out_dir / "tables", out_dir / "figures"
-    records = [r for r in iter_records(results_dir) if "experiment" in r]
-    present = {r["experiment"] for r in records}
+    records = read_results(results_dir, keep_stale)
+    present = {experiment for record in records for experiment in record["experiments"]}
     written: dict[str, list[Path]] = {}
 
     def table(name: str, frame: "pd.DataFrame") -> None:
@@ -77,6 +79,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
 
     table("criteria", criteria_table())
     table("parameter_counts", parameter_counts_table())
+    table("record_status", record_status_table(results_dir, keep_stale))
 
     def skip(experiment: str) -> bool:
         if experiment not in present:
@@ -94,7 +97,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
     if not skip(ANALYSIS_EXPERIMENT):
         table("analysis_runs", glue_table(records, ANALYSIS_EXPERIMENT, paper=False))
         if analysis:
-            written.update(score_structure_outputs(results_dir, out_dir))
+            written.update(score_structure_outputs(results_dir, out_dir, records=records))
     if not skip(ABLATION_EXPERIMENTS["score"]):
         table("ablation_score", score_ablation_table(records))
     if not skip(ABLATION_EXPERIMENTS["rank"]):
@@ -109,9 +112,10 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
 
 
 __all__ = [
-    "GLUE_COLUMNS", "METHOD_NAMES", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH",
+    "GLUE_COLUMNS", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH",
     "best_runs", "build_report", "check_paper_results", "criteria_table", "display_frame", "glue_table",
-    "method_name", "nlg_table", "paper_results", "paper_value", "parameter_counts", "parameter_counts_table",
+    "method_name", "method_style", "nlg_table", "paper_results", "paper_value", "parameter_counts",
+    "parameter_counts_table", "read_results", "record_status_table",
     "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_structure_outputs",
     "score_variant", "selection_table", "selection_value", "sparsity_figure", "sparsity_table",
 ]

@@ -12,18 +12,18 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
+from ..glue_tasks import get_task
 from ..profiles import SCORE_VARIANTS
 from .columns import (
     AVERAGE_COLUMN,
-    METHOD_STYLE,
     METRIC_NAMES,
     MISSING,
     average,
     frame,
-    glue_task,
     main_label,
     main_percent,
     method_name,
+    method_style,
     ordered_methods,
     ordered_tasks,
 )
@@ -158,7 +158,7 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
     for ax in axes[len(tasks):]:
         ax.remove()
     for ax, task in zip(axes, tasks):
-        main = glue_task(task).main_metric
+        main = get_task(task).main_metric
         metric = METRIC_NAMES.get(main, main)
         for method in methods:
             points = sorted((100 * s, main_percent(r)) for (t, m, s), r in best.items()
@@ -167,7 +167,7 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, label=method_name(method), linewidth=1.5, markersize=5,
-                        **METHOD_STYLE.get(method, {}))
+                        **method_style(method))
         ax.set_title(f"{main_label(task)}", fontsize=10)
         ax.set_xlabel("target sparsity (%)")
         ax.set_ylabel(f"dev {metric} (%)")

@@ -4,37 +4,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..atomic import write_atomic, write_text_atomic
+from .columns import MISSING
+from .records import is_number
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
-from .columns import MISSING
-from .records import is_number
 
 FIGURE_DPI = 150
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _format_cell(value: Any, decimals: int | None) -> str:
@@ -97,7 +82,7 @@ def save_table(frame: "pd.DataFrame", path_stem: str | os.PathLike) -> list[Path
     written = []
     for suffix, text in ((".md", md_text), (".tex", tex_text), (".csv", frame.to_csv(index=index))):
         path = stem.with_name(stem.name + suffix)
-        written.append(_atomic_write(path, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8")))
+        written.append(write_text_atomic(path, text))
     logger.info("wrote table %s (.md, .tex, .csv)", stem)
     return written
 
@@ -114,6 +99,6 @@ def save_figure(figure: "Figure", path_stem: str | os.PathLike) -> list[Path]:
     written = []
     for fmt, options in (("png", {"dpi": FIGURE_DPI}), ("pdf", {"metadata": {"CreationDate": None}})):
         path = stem.with_name(f"{stem.name}.{fmt}")
-        written.append(_atomic_write(path, lambda tmp, f=fmt, o=options: figure.savefig(tmp, format=f, **o)))
+        written.append(write_atomic(path, lambda tmp, f=fmt, o=options: figure.savefig(tmp, format=f, **o)))
     logger.info("wrote figure %s (.png, .pdf)", stem)
     return written

@@ -1,4 +1,8 @@
-"""Which records a table reads, and which run of a grid wins (the grid search)."""
+"""Which records a table reads, and which run of a grid wins (the grid search).
+
+An experiment's records are those its membership files name (:mod:`pst.repro.experiments`);
+a record read from a folder carries ``experiments``, the experiments that refer to it.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,20 +10,17 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import numpy as np
 
-from ..results import canonical_json, iter_records
-
-if TYPE_CHECKING:
-    pass
+from ..experiments import memberships
+from ..results import canonical_json, record_path
+from ..runstate import RunPaths, RunState, run_state
 
 logger = logging.getLogger(__name__)
 
-
-
-#: A results folder, or records already read from one.
+#: A results folder, or records already read from one (with their ``experiments``).
 Records = Union[str, os.PathLike, Iterable[dict]]
 
 
@@ -52,11 +53,49 @@ def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def member_states(results_dir: str | os.PathLike) -> dict[str, dict[str, RunState]]:
+    """``{experiment: {run_id: RunState}}`` for every run an experiment refers to."""
+    states: dict[str, RunState] = {}
+    out = {}
+    for experiment, run_ids in memberships(results_dir).items():
+        out[experiment] = {}
+        for run_id in run_ids:
+            if run_id not in states:
+                states[run_id] = run_state(RunPaths(run_id, record_path(results_dir, run_id)))
+            out[experiment][run_id] = states[run_id]
+    return out
+
+
+def read_results(results_dir: str | os.PathLike, keep_stale: bool = False) -> list[dict]:
+    """The records that experiments refer to, each with its ``experiments``, sorted by run id.
+
+    Records of other code are left out unless ``keep_stale``; what is left out (no record
+    yet, unreadable, other code) is logged per experiment: nothing is dropped silently.
+    """
+    by_run: dict[str, dict] = {}
+    for experiment, states in member_states(results_dir).items():
+        left_out: dict[str, list[str]] = {}
+        for run_id, state in states.items():
+            usable = state.status == "done" or (keep_stale and state.status == "other-code")
+            if not usable:
+                left_out.setdefault(state.status, []).append(run_id)
+                continue
+            by_run.setdefault(run_id, {**state.record, "experiments": []})["experiments"].append(experiment)
+        for status, run_ids in left_out.items():
+            logger.warning("%s: %d of %d runs left out of its tables (%s), e.g. %s", experiment, len(run_ids),
+                           len(states), STATUS_NOTES[status], run_ids[0])
+    return [by_run[run_id] for run_id in sorted(by_run)]
+
+
+#: Why a run an experiment refers to is not in its tables.
+STATUS_NOTES = {"missing": "no record yet", "unreadable": "unreadable record; rerun its notebook to redo it",
+                "other-code": "made by other code; rerun with --rerun-stale or keep with --keep-stale-records"}
+
+
 def load(source: Records, experiment: str) -> list[dict]:
     """The records of ``experiment`` from a results folder or from records already loaded."""
-    if isinstance(source, (str, os.PathLike)):
-        return list(iter_records(source, experiment=experiment))
-    return [record for record in source if record.get("experiment") == experiment]
+    records = read_results(source) if isinstance(source, (str, os.PathLike)) else source
+    return [record for record in records if experiment in record.get("experiments", ())]
 
 
 def glue_records(source: Records, experiment: str) -> list[dict]:

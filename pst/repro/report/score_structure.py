@@ -3,33 +3,34 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..results import iter_records, record_path
-
-if TYPE_CHECKING:
-    pass
+from ..results import record_path
+from ..runstate import SCORES_SUFFIX, RunPaths
+from .files import save_figure, save_table
+from .records import ANALYSIS_EXPERIMENT, load
 
 logger = logging.getLogger(__name__)
-from .files import save_figure, save_table
-from .records import ANALYSIS_EXPERIMENT
 
 
 def score_structure_outputs(results_dir: str | os.PathLike, out_dir: str | os.PathLike, rank: int = 8,
-                            experiment: str = ANALYSIS_EXPERIMENT) -> dict[str, list[Path]]:
+                            experiment: str = ANALYSIS_EXPERIMENT, records: Iterable[dict] | None = None,
+                            ) -> dict[str, list[Path]]:
     """Tables and figures of movement pruning's learned score structure, per analysis run.
 
     For every movement record of ``experiment`` whose ``.scores.safetensors`` side file exists:
     ``tables/score_structure_<task>`` (:func:`pst.repro.analysis.layer_structure_table`) and
     ``figures/score_spectra_<task>``, ``score_explained_share_<task>``, ``score_heatmaps_<task>``.
+    ``records``: the folder's records when already read (:func:`read_results`).
     """
     from .. import analysis
 
     out_dir, written = Path(out_dir), {}
-    for record in iter_records(results_dir, experiment=experiment, method="movement"):
-        path = record_path(results_dir, record["run_id"])
-        scores_file = path.with_name(path.name.removesuffix(".json") + analysis.SCORES_SUFFIX)
+    for record in load(results_dir if records is None else records, experiment):
+        if record.get("method") != "movement":
+            continue
+        scores_file = RunPaths(record["run_id"], record_path(results_dir, record["run_id"])).side_file(SCORES_SUFFIX)
         if not scores_file.is_file():
             logger.info("analysis run %s has no score file (%s): skipped", record["run_id"], scores_file.name)
             continue

@@ -18,7 +18,6 @@ from .columns import (
     NLG_COLUMNS,
     NLG_DATASETS,
     SPARSITY_COLUMN,
-    TASK_NAMES,
     average,
     column_value,
     frame,
@@ -27,6 +26,7 @@ from .columns import (
     ordered_methods,
     ordered_tasks,
     sparsity_percent,
+    task_name,
 )
 from .paper import PAPER_SUFFIX, paper_row
 from .records import (
@@ -135,7 +135,7 @@ def selection_table(results_dir: Records, experiment: str) -> "pd.DataFrame":
         glue = isinstance(record.get("selected"), Mapping)
         value = selection_value(record)
         rows.append({
-            "Task": TASK_NAMES.get(task, NLG_DATASETS.get(task, task)),
+            "Task": task_name(task),
             "Method": method_name(method),
             "Learning rate": get(record, "config.learning_rate", MISSING),
             "Epochs": get(record, "config.epochs", MISSING),

@@ -15,21 +15,30 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, se
 
 import pst
 
-from ...schedule import cubic_sparsity
+from ..atomic import write_atomic
 from ..configs import GlueRunConfig
 from ..data.glue import get_task, load_glue, tokenize_glue
 from ..metrics.glue import MAIN_METRIC, make_compute_metrics
 from ..models import load_model, load_tokenizer
-from .lifecycle import existing_record, finish_run, model_summary, run_all, run_paths, training_arguments
+from ..runstate import SCORES_SUFFIX, run_paths
+from .lifecycle import finish_run, model_summary, resume_point, reusable_record, training_arguments
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
 
 
-def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bool = False) -> dict:
-    """Run (or skip, or resume) one GLUE run and return its record."""
+def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bool | float = False,
+             save_scores: bool = False, stale_records: str = "refuse") -> dict:
+    """Run (or skip, or resume) one GLUE run and return its record.
+
+    ``force``: redo the run (a time: redo it if its record was finished before then);
+    ``save_scores``: also keep the learned score matrices beside the record (a record
+    without them is redone); ``stale_records``: what to do with a record of other code
+    (:data:`pst.repro.runstate.STALE_POLICIES`).
+    """
     paths = run_paths(config, results_dir, work_dir)
-    if (record := existing_record(paths, force)) is not None:
+    needs = (SCORES_SUFFIX,) if save_scores else ()
+    if (record := reusable_record(paths, force, stale_records, needs)) is not None:
         return record
     started = time.time()
     spec = get_task(config.task)
@@ -55,14 +64,16 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
         compute_metrics=make_compute_metrics(config.task),
         callbacks=[pst.SparsityCallback()],
     )
-    trainer.train(resume_from_checkpoint=paths.last_checkpoint())
+    trainer.train(resume_from_checkpoint=resume_point(paths))
     if not trainer.is_world_process_zero():  # multi-process runs: one writer
         return {}
 
-    evaluations = _evaluations(trainer, spec.eval_splits)
+    evaluations = _evaluations(trainer, spec.eval_splits, pst.get_method(config.method).prunes)
     selected = select_evaluation(evaluations, config, spec.eval_splits[0])
-    if config.save_scores:
-        _save_scores(model, paths.side_file(".scores.safetensors"))
+    if save_scores:
+        _save_scores(model, paths.side_file(SCORES_SUFFIX))
+    else:  # scores of an earlier training of this config would not match the new record
+        paths.side_file(SCORES_SUFFIX).unlink(missing_ok=True)
     body = {
         **model_summary(model, config),
         "main_metric": MAIN_METRIC[config.task],
@@ -78,21 +89,25 @@ def _training_arguments(config: GlueRunConfig, output_dir: Path) -> TrainingArgu
                               eval_strategy="epoch")
 
 
-def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...]) -> list[dict]:
-    """Dev-set evaluations from the Trainer's history (which survives a resume), by step."""
+def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...], prunes: bool) -> list[dict]:
+    """Dev-set evaluations from the Trainer's history (which survives a resume), by step.
+
+    The sparsity of each is what ``pst.SparsityCallback`` logged with it (0 for methods that
+    do not prune), so the record says what the model had, not what a formula expects.
+    """
     by_step: dict[int, dict] = {}
-    max_steps = trainer.state.max_steps
-    config = trainer.model.pst_config
     for entry in trainer.state.log_history:
         keys = [k for k in entry if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second", "_loss"))]
         if not keys:
             continue
         step = entry["step"]
+        if prunes and "sparsity" not in entry:
+            raise RuntimeError(f"the evaluation at step {step} has no logged sparsity; the Trainer needs "
+                               "pst.SparsityCallback among its callbacks")
         evaluation = by_step.setdefault(step, {
             "step": step,
             "epoch": entry.get("epoch"),
-            "sparsity": cubic_sparsity(step, max_steps, config.warmup_fraction, config.cooldown_fraction,
-                                       config.initial_sparsity, config.sparsity) if pst.get_method(config.method).prunes else 0.0,
+            "sparsity": entry["sparsity"] if prunes else 0.0,
             "metrics": {},
         })
         for key in keys:
@@ -133,10 +148,4 @@ def _save_scores(model: torch.nn.Module, path: Path) -> None:
             if value is not None:
                 tensors[f"{name}.{part}"] = value.detach().cpu().contiguous()
         tensors[f"{name}.weight"] = layer.effective_weight().cpu().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-
-
-def run_glue_grid(configs: list[GlueRunConfig], results_dir: Path, work_dir: Path, force: bool = False) -> list[dict]:
-    """Every run of a grid, skipping finished ones; failures are raised after the others ran."""
-    return run_all(configs, lambda c: run_glue(c, results_dir, work_dir, force), "GLUE runs")
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))

@@ -1,5 +1,6 @@
-"""What every run shares: skip when its record exists, resume from its last checkpoint,
-write the record atomically, then drop the checkpoints."""
+"""What every run shares: reuse its record when it is done (:mod:`pst.repro.runstate`), else
+resume from its last checkpoint (made by the same code), write the record atomically with
+the code's fingerprint, then drop the checkpoints."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,34 +14,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from ... import surgery
 from ...export import sparsity_report
-from ..results import environment_info, read_record, record_path, run_id, write_record
+from ..atomic import write_text_atomic
+from ..fingerprint import code_fingerprint
+from ..results import environment_info, write_record
+from ..runstate import RunPaths, StaleRecordsError, action, move_aside, run_state, stale_message
+
+#: In a run's checkpoint folder: the fingerprint of the code that made the checkpoints.
+CHECKPOINT_FINGERPRINT = "code_fingerprint"
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPaths:
-    """Where one run keeps its record, its checkpoints and its side files."""
-
-    run_id: str
-    record: Path
-    checkpoints: Path
-
-    def side_file(self, suffix: str) -> Path:
-        """A file next to the record, e.g. decoded outputs or score matrices."""
-        return self.record.with_name(self.record.name.removesuffix(".json") + suffix)
-
-    def last_checkpoint(self) -> str | None:
-        return get_last_checkpoint(str(self.checkpoints)) if self.checkpoints.is_dir() else None
-
-
-def run_paths(config: Any, results_dir: Path, work_dir: Path) -> RunPaths:
-    rid = run_id(dataclasses.asdict(config))
-    return RunPaths(rid, record_path(results_dir, rid), Path(work_dir) / "checkpoints" / rid)
 
 
 def training_arguments(config: Any, output_dir: Path, **specific: Any) -> TrainingArguments:
@@ -86,10 +71,12 @@ def finish_run(paths: RunPaths, config: Any, body: dict, started: float, keep_ch
     """Assemble the record, write it atomically, and only then remove the checkpoints."""
     record = {
         "run_id": paths.run_id,
-        **{k: v for k, v in dataclasses.asdict(config).items() if k in ("experiment", "task", "method", "seed")},
+        **{k: v for k, v in dataclasses.asdict(config).items() if k in ("task", "method", "seed")},
         "config": dataclasses.asdict(config),
         **body,
         "wall_time_s": time.time() - started,
+        "finished_at": time.time(),
+        "code_fingerprint": code_fingerprint(),
         "environment": environment_info(),
     }
     write_record(paths.record, record)
@@ -99,11 +86,38 @@ def finish_run(paths: RunPaths, config: Any, body: dict, started: float, keep_ch
     return record
 
 
-def existing_record(paths: RunPaths, force: bool) -> dict | None:
-    if force or not paths.record.is_file():
-        return None
-    logger.info("skipping %s: its record exists", paths.run_id)
-    return read_record(paths.record)
+def reusable_record(paths: RunPaths, force: bool | float = False, stale_records: str = "refuse",
+                    needs: tuple[str, ...] = ()) -> dict | None:
+    """The run's record when it can stand (the run is skipped), else ``None`` (the run is redone).
+
+    An unreadable record is moved aside, with a warning, before the run is redone; a record of
+    other code follows ``stale_records`` ("refuse" raises :class:`StaleRecordsError`).
+    """
+    state = run_state(paths, needs)
+    decision = action(state, force, stale_records)
+    if decision == "refuse":
+        raise StaleRecordsError(stale_message({paths.run_id: state}, f"run {paths.run_id}"))
+    if decision == "reuse":
+        if state.status == "other-code":
+            logger.warning("keeping %s although it was %s (stale_records='keep')", paths.run_id, state.detail)
+        else:
+            logger.info("skipping %s: its record is done", paths.run_id)
+        return state.record
+    if state.status == "unreadable":
+        logger.warning("%s: moved aside to %s; the run is redone", state.detail, move_aside(paths.record).name)
+    elif state.status in ("incomplete", "other-code"):
+        logger.warning("redoing %s: its record %s", paths.run_id, state.detail)
+    return None
+
+
+def resume_point(paths: RunPaths) -> str | None:
+    """The last checkpoint to resume from, if the current code made it; older ones are dropped."""
+    marker = paths.checkpoints / CHECKPOINT_FINGERPRINT
+    if paths.checkpoints.is_dir() and not (marker.is_file() and marker.read_text().strip() == code_fingerprint()):
+        logger.warning("checkpoints of %s were made by other code: the run starts afresh", paths.run_id)
+        shutil.rmtree(paths.checkpoints)
+    write_text_atomic(marker, code_fingerprint() + "\n")
+    return paths.last_checkpoint()
 
 
 def run_all(configs: Iterable[Any], run_one: Callable[[Any], dict], description: str) -> list[dict]:

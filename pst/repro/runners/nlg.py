@@ -21,7 +21,8 @@ from ..data.nlg import LMDataCollator, build_lm_features, build_prompts, decode_
 from ..metrics.nlg import e2e_scores, webnlg_scores
 from ..models import load_model, load_tokenizer
 from ..results import write_jsonl
-from .lifecycle import existing_record, finish_run, model_summary, run_all, run_paths, training_arguments
+from ..runstate import run_paths
+from .lifecycle import finish_run, model_summary, resume_point, reusable_record, training_arguments
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,14 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
 
 
-def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool = False) -> dict:
-    """Run (or skip, or resume) one NLG run and return its record; decoded outputs go beside it."""
+def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool | float = False,
+            stale_records: str = "refuse") -> dict:
+    """Run (or skip, or resume) one NLG run and return its record; decoded outputs go beside it.
+
+    ``force`` and ``stale_records`` as in :func:`pst.repro.runners.glue.run_glue`.
+    """
     paths = run_paths(config, results_dir, work_dir)
-    if (record := existing_record(paths, force)) is not None:
+    if (record := reusable_record(paths, force, stale_records)) is not None:
         return record
     started = time.time()
     pst_config = config.pst_config()
@@ -53,7 +58,7 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
         data_collator=LMDataCollator(tokenizer),
         callbacks=[pst.SparsityCallback()],
     )
-    trainer.train(resume_from_checkpoint=paths.last_checkpoint())
+    trainer.train(resume_from_checkpoint=resume_point(paths))
     if not trainer.is_world_process_zero():
         return {}
     summary = model_summary(model, config)
@@ -112,7 +117,3 @@ def decode(model, tokenizer, contexts: list[str], config: NlgRunConfig) -> list[
         new_tokens = generated[:, batch["input_ids"].shape[1]:]
         predictions += [decode_completion(row.tolist(), tokenizer) for row in new_tokens]
     return predictions
-
-
-def run_nlg_grid(configs: list[NlgRunConfig], results_dir: Path, work_dir: Path, force: bool = False) -> list[dict]:
-    return run_all(configs, lambda c: run_nlg(c, results_dir, work_dir, force), "NLG runs")
