@@ -36,7 +36,7 @@ def _sweep(args) -> None:
             for epochs in args.epochs:
                 pst = {} if args.head else {"train_head": False}
                 if nlg:
-                    config = NlgRunConfig(experiment="smoke-gap", task=args.task, model="tiny:gpt2", method=method,
+                    config = NlgRunConfig(task=args.task, model="tiny:gpt2", method=method,
                                           data_source=args.data_source, learning_rate=lr, epochs=epochs,
                                           batch_size=8, max_length=128, warmup_steps=5, max_eval_inputs=args.eval_inputs,
                                           num_beams=4, max_new_tokens=32, pst=pst)
@@ -45,7 +45,7 @@ def _sweep(args) -> None:
                     metrics = record["metrics"]["all"]
                     value = {k: metrics.get(k) for k in ("BLEU", "METEOR", "TER", "ROUGE_L")}
                 else:
-                    config = GlueRunConfig(experiment="smoke-gap", task=args.task, model=f"tiny:{args.family}",
+                    config = GlueRunConfig(task=args.task, model=f"tiny:{args.family}",
                                            method=method, learning_rate=lr, epochs=epochs, batch_size=16,
                                            data_source=args.data_source, pst=pst)
                     started = time.time()
