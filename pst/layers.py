@@ -378,12 +378,12 @@ def _masked(updated: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype
     """M * W' in ``dtype``, in one pass (the product is written straight in the compute dtype)."""
     if mask is None:
         return updated.to(dtype)
-    return torch.mul(updated, mask, out=torch.empty(updated.shape, dtype=dtype, device=updated.device))
+    return torch.mul(updated, _as_factor(mask), out=torch.empty(updated.shape, dtype=dtype, device=updated.device))
 
 
-def _mm(big: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
-    """big @ small with the small factor cast to the big operand's dtype (never the other way)."""
-    return big @ small.to(big.dtype)
+def _as_factor(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as uint8 (a free view) for products: CPU kernels cast uint8 twice as fast as bool."""
+    return mask.view(torch.uint8)
 
 
 class SparseLinearFunction(torch.autograd.Function):
@@ -430,26 +430,31 @@ def _backward(layer, needs, grad_y, x, weight, U, V, A, B, R, C, scores, mask, u
             if layer.magnitude_score_grad:
                 # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, dL/d(M W')).
                 grad_updated = torch.copysign(grad_score, grad_effective)
-                grad_updated.addcmul_(grad_effective, mask) if mask is not None else grad_updated.add_(grad_effective)
+                if mask is not None:
+                    grad_updated.addcmul_(grad_effective, _as_factor(mask))
+                else:
+                    grad_updated.add_(grad_effective)
             else:
-                grad_updated = grad_effective * mask if mask is not None else grad_effective
+                grad_updated = grad_effective * _as_factor(mask) if mask is not None else grad_effective
             if needs[1]:
                 grad_weight = grad_updated.t() if layer.transposed else grad_updated
+            # The small factors are cast to the n x k gradient's dtype, never the other way round.
+            dtype = grad_updated.dtype
             if needs[3]:
-                grad_U = _fold(layer.beta * _mm(grad_updated, V.view(-1, k).t()), block_index, layer.blocks)
+                grad_U = _fold(layer.beta * (grad_updated @ V.view(-1, k).t().to(dtype)), block_index, layer.blocks)
             if needs[4]:
-                grad_V = (layer.beta * _mm(grad_updated.t(), u).t()).reshape(V.shape)
+                grad_V = (layer.beta * (u.t().to(dtype) @ grad_updated)).view(V.shape)
         if score_needs and left is not None:
-            grad_left = _mm(grad_score, right.t())  # (n, q): A's and R's columns
-            grad_right = _mm(grad_score.t(), left).t()  # (q, k): B's and C's rows
+            grad_left = grad_score @ right.t().to(grad_score.dtype)  # (n, q): A's and R's columns
+            grad_right = left.t().to(grad_score.dtype) @ grad_score  # (q, k): B's and C's rows
             a_cols = 0
             if A is not None:
                 a_cols = layer.blocks * A.shape[1]
                 grad_A = _fold(layer.alpha1 * grad_left[:, :a_cols], block_index, layer.blocks)
-                grad_B = grad_right[:a_cols].reshape(B.shape)
+                grad_B = grad_right[:a_cols].view(B.shape)
             if R is not None:
                 grad_R = layer.alpha2 * grad_left[:, a_cols]
-                grad_C = grad_right[a_cols + 1 :].reshape(C.shape)
+                grad_C = grad_right[a_cols + 1 :].view(C.shape)
         if scores is not None and score_needs:
             grad_scores = grad_score
     grads = (grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores)
