@@ -13,6 +13,7 @@ from .schedule import SparsityCallback, SparsityScheduler, cubic_sparsity
 from .surgery import (
     TrainableParameters,
     find_targets,
+    invalidate_masks,
     optimizer_parameters,
     set_sparsity,
     sparse_layers,
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURE_DEFAULTS", "METHODS", "MethodSpec", "PSTConfig", "SparseLayer", "SparsityCallback",
-    "SparsityScheduler", "TrainableParameters", "cubic_sparsity", "find_targets", "get_method", "keep_mask",
-    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_compressed", "set_sparsity",
+    "SparsityScheduler", "TrainableParameters", "cubic_sparsity", "find_targets", "get_method", "invalidate_masks",
+    "keep_mask", "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_compressed", "set_sparsity",
     "sparse_layers", "sparsify", "sparsity_report", "trainable_parameters",
 ]

@@ -86,9 +86,8 @@ class BlockLayout:
             raise ValueError(f"{rows} output rows cannot be split into {repeats} interleaved repetitions")
         period = rows // repeats
         if _is_positive_int(spec):
-            weights = [1] * spec
-        else:
-            weights = [_resolve(entry, model_config) for entry in spec]
+            return cls(cls.equal(spec, period).sizes, repeats)
+        weights = [_resolve(entry, model_config) for entry in spec]
         total = sum(weights)
         if any(period * w % total for w in weights):
             raise ValueError(f"{period} rows per repetition cannot be split in the proportions {weights}")

@@ -169,7 +169,7 @@ class SparseLayer(nn.Module):
         return [p for p in (self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if p is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.step_state()
+        state = self._step_state()
         dtype = self.weight.dtype
         if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # autocast leaves fp64 alone
             dtype = torch.get_autocast_dtype(x.device.type)
@@ -178,7 +178,7 @@ class SparseLayer(nn.Module):
         )
 
     # -- the step state ---------------------------------------------------------------------
-    def step_state(self) -> _StepState:
+    def _step_state(self) -> _StepState:
         """This step's mask and factors, rebuilt (with those of stale peers) when out of date."""
         if self._state is None or self._state.key != self._state_key():
             refresh_step_states(self._peers or [self])
@@ -260,7 +260,7 @@ class SparseLayer(nn.Module):
             out.add_(rows(self.scores, block)) if filled else out.copy_(rows(self.scores, block))
             filled = True
         if not filled:
-            raise ValueError("this layer prunes but has no score term")
+            raise ValueError(f"this {self.method} layer has no score term")
 
     def _set_block_mask(self, state: _StepState, block: int, keep: torch.Tensor) -> None:
         if self.blocks == 1:
@@ -274,7 +274,7 @@ class SparseLayer(nn.Module):
     @torch.no_grad()
     def score(self) -> torch.Tensor:
         """S, the importance score the mask is selected from, in output x input orientation."""
-        state = self.step_state()
+        state = self._step_state()
         score = torch.empty(self.out_features, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):
@@ -287,10 +287,10 @@ class SparseLayer(nn.Module):
     @torch.no_grad()
     def effective_weight(self) -> torch.Tensor:
         """M * W' in output x input orientation, as the forward pass uses it."""
-        state = self.step_state()
+        state = self._step_state()
         with _without_autocast(self.weight.device.type):
             updated = self._updated(self.weight, state.u, self.V)
-        return updated * state.mask if state.mask is not None else updated.clone()
+        return _masked(updated, state.mask, updated.dtype) if state.mask is not None else updated.clone()
 
     @torch.no_grad()
     def to_plain_module(self) -> nn.Module:
