@@ -1,8 +1,10 @@
 """One training step (forward + backward + AdamW) per method, side by side, as ratios.
 
 Each method runs in its own process (clean peak-memory numbers) on the same random batch
-and random-init model; the parent prints one table: time per step, x dense, x LoRA,
-x the official approach, peak memory and peak x LoRA.
+and random-init model, and the processes take their steps in turn (dense, lora, official,
+pst, dense, ...), so that a load change on a shared machine hits every method alike; the
+parent prints one table: time per step, x dense, x LoRA, x the official approach, peak
+memory and peak x LoRA.
 
     python benchmarks/train_step.py                                  # CPU, BERT-base, batch 8 x 128, fp32
     python benchmarks/train_step.py --device cuda                    # BERT-base, batch 32 x 128
@@ -96,7 +98,8 @@ def _batch(args):
     return ids.to(args.device), labels.to(args.device)
 
 
-def worker(method: str, args) -> dict:
+def worker(method: str, args) -> None:
+    """Build one method's model, then run one timed step per "step" line read from stdin."""
     import contextlib
 
     import torch
@@ -130,15 +133,20 @@ def worker(method: str, args) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         allocated_before = torch.cuda.memory_allocated() / 2**20
-    times = []
-    for index in range(args.warmup + args.steps):
-        start = time.perf_counter()
+    _reply("ready")
+    times, cpu_times = [], []
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         if cuda:
             torch.cuda.synchronize()
-        if index >= args.warmup:
-            times.append(time.perf_counter() - start)
-    result = {"method": method, "step_s": statistics.median(times), "times_s": times,
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        _reply(times[-1])
+    result = {"method": method, "step_s": statistics.median(times[args.warmup:]), "times_s": times,
+              "cpu_s": statistics.median(cpu_times[args.warmup:]),
               "trainable": sum(p.numel() for p in params), "total": sum(p.numel() for p in model.parameters())}
     if cuda:
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -149,7 +157,44 @@ def worker(method: str, args) -> dict:
         result["above_model_mib"] = result["peak_mib"] - rss_before
         result["device_name"] = f"cpu ({torch.get_num_threads()} threads)"
     result["torch"] = torch.__version__
-    return result
+    _reply(result)
+
+
+def _reply(value) -> None:
+    print(json.dumps(value), flush=True)
+
+
+def measure(args) -> dict:
+    """Time every method in its own process, one step each in turn, so load changes hit all alike."""
+    settings = [f"--{name}={getattr(args, name)}" for name in
+                ("device", "shape", "precision", "layers", "batch", "seq", "sparsity", "steps", "warmup", "threads")]
+    workers = {}
+    for method in args.methods:  # built one after the other: peak build memory stays one model's
+        workers[method] = subprocess.Popen([sys.executable, __file__, "--worker", method, *settings],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        _expect(workers, method)
+    for _ in range(args.warmup + args.steps):
+        for method, process in workers.items():
+            process.stdin.write("step\n")
+            process.stdin.flush()
+            _expect(workers, method)
+    results = {}
+    for method, process in workers.items():
+        process.stdin.write("report\n")
+        process.stdin.flush()
+        results[method] = _expect(workers, method)
+        process.wait()
+        print(f"measured {method}: {1000 * results[method]['step_s']:.1f} ms/step", file=sys.stderr)
+    return results
+
+
+def _expect(workers: dict, method: str):
+    line = workers[method].stdout.readline()
+    if not line:
+        for process in workers.values():
+            process.kill()
+        sys.exit(f"the {method} worker failed (its error is printed above)")
+    return json.loads(line)
 
 
 def _current_rss_mib() -> float:
@@ -166,21 +211,25 @@ def _ratio(value: float, reference: dict | None, key: str) -> str:
 
 
 def table(results: dict, args) -> str:
+    """One Markdown table; on CPU also the process CPU time, which a busy shared machine disturbs less."""
     dense, lora, official = (results.get(m) for m in ("dense", "lora", "official"))
     device = next(iter(results.values()))["device_name"]
+    cpu = not args.device.startswith("cuda")
     lines = [
         f"One training step, {args.shape} ({args.layers} layers), batch {args.batch}x{args.seq}, {args.precision}, "
-        f"sparsity {args.sparsity}, {args.device}: {device}; median of {args.steps} steps after {args.warmup} warm-up",
+        f"sparsity {args.sparsity}, {args.device}: {device}; median of {args.steps} steps after {args.warmup} "
+        "warm-up, methods stepping in turn",
         "",
-        "| method | step (ms) | × dense | × LoRA | × official | peak memory (MiB) | peak × LoRA | above model × LoRA "
-        "| trainable params |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | step (ms) | × dense | × LoRA | × official | " + ("CPU time × dense | " if cpu else "")
+        + "peak memory (MiB) | peak × LoRA | above model × LoRA | trainable params |",
+        "|---|---|---|---|---|" + ("---|" if cpu else "") + "---|---|---|---|",
     ]
     for method, r in results.items():
         lines.append(
             f"| {method} | {1000 * r['step_s']:.1f} | {_ratio(r['step_s'], dense, 'step_s')} | "
             f"{_ratio(r['step_s'], lora, 'step_s')} | {_ratio(r['step_s'], official, 'step_s')} | "
-            f"{r['peak_mib']:.0f} | {_ratio(r['peak_mib'], lora, 'peak_mib')} | "
+            + (f"{_ratio(r['cpu_s'], dense, 'cpu_s')} | " if cpu else "")
+            + f"{r['peak_mib']:.0f} | {_ratio(r['peak_mib'], lora, 'peak_mib')} | "
             f"{_ratio(r['above_model_mib'], lora, 'above_model_mib')} | {r['trainable']:,} |"
         )
     return "\n".join(lines)
@@ -210,17 +259,9 @@ def main() -> None:
     args.steps = args.steps or (10 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 2)
     if args.worker:
-        print(json.dumps(worker(args.worker, args)))
+        worker(args.worker, args)
         return
-    settings = [f"--{name}={getattr(args, name)}" for name in
-                ("device", "shape", "precision", "layers", "batch", "seq", "sparsity", "steps", "warmup", "threads")]
-    results = {}
-    for method in args.methods:
-        run = subprocess.run([sys.executable, __file__, "--worker", method, *settings], capture_output=True, text=True)
-        if run.returncode:
-            sys.exit(f"{method} failed:\n{run.stderr[-4000:]}")
-        results[method] = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"measured {method}: {1000 * results[method]['step_s']:.1f} ms/step", file=sys.stderr)
+    results = measure(args)
     print(table(results, args))
     if args.json:
         with open(args.json, "w") as handle:
