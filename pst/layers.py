@@ -181,7 +181,8 @@ class SparseLayer(nn.Module):
     def _step_state(self) -> _StepState:
         """This step's mask and factors, rebuilt (with those of stale peers) when out of date."""
         if self._state is None or self._state.key != self._state_key():
-            refresh_step_states(self._peers or [self])
+            # A copy made by nn.DataParallel shares its original's peers without being one of them.
+            refresh_step_states(self._peers if self._peers and self in self._peers else [self])
         return self._state
 
     def invalidate(self) -> None:

@@ -160,3 +160,14 @@ def test_backward_keeps_no_dense_float_matrix_but_the_parameters(tiny_model, tok
         layer(torch.randn(3, 32, requires_grad=True))
     large = [t for t in saved if t.numel() >= layer.weight.numel()]
     assert large and all(id(t) in parameters or t.dtype == torch.bool for t in large)
+
+
+def test_a_data_parallel_replica_builds_its_own_masks(tiny_model):
+    model = sparse_bert(tiny_model)
+    layer = model.bert.encoder.layer[0].attention.self.query
+    expected = layer.effective_weight()
+    replica = layer._replicate_for_data_parallel()  # what nn.DataParallel does, then it sets broadcast copies
+    for name in ("weight", "bias", "U", "V", "A", "B", "R", "C"):
+        setattr(replica, name, getattr(layer, name).detach().clone())
+    assert torch.equal(replica.effective_weight(), expected)
+    assert replica._state is not layer._state and layer._state.mask.data_ptr() != replica._state.mask.data_ptr()
