@@ -108,7 +108,7 @@ def keep_mask(
         return _keep_topk(scores, prune)
     mask = torch.empty_like(scores, dtype=torch.bool)
     for row in range(scores.shape[0]):
-        mask[row] = _keep_row(scores[row], prune)
+        _keep_row(scores[row], prune, out=mask[row])
     return mask
 
 
@@ -139,45 +139,52 @@ def _keep_topk(scores: torch.Tensor, prune: int) -> torch.Tensor:
     return ~(below | pruned_tied)
 
 
-def _keep_row(row: torch.Tensor, prune: int) -> torch.Tensor:
-    threshold, at_or_below = kth_smallest(row, prune)
-    keep = row > threshold
+def _keep_row(row: torch.Tensor, prune: int, out: torch.Tensor) -> None:
+    """One row's keep-mask written into ``out`` (the CPU strategy: reading counts back is free)."""
+    located = _bracketed(row, prune, out) if row.numel() > _DIRECT_SELECTION_MAX else None
+    if located is not None:
+        value, at_or_below, index, values = located
+    else:  # a small row, or the bracket missed: select in the whole row
+        value = row.kthvalue(prune).values
+        torch.gt(row, value, out=out)
+        at_or_below = row.numel() - int(torch.count_nonzero(out))
     excess = at_or_below - prune
-    if excess > 0:  # ties at the threshold: keep `excess` of them, pruning exactly `prune`
-        tied = torch.nonzero(row == threshold).squeeze(1)
-        keep[tied[-excess:]] = True
-    return keep
+    if excess > 0:  # ties at the threshold: keep the last `excess` of them, pruning exactly `prune`
+        tied = index[values == value] if located is not None else torch.nonzero(row == value).squeeze(1)
+        out[tied[-excess:]] = True
 
 
-def kth_smallest(row: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
-    """The k-th smallest value of a 1-D tensor (1-based) and how many entries are <= it."""
-    m = row.numel()
-    if m > _DIRECT_SELECTION_MAX:
-        bracketed = _bracketed_kth_smallest(row, k)
-        if bracketed is not None:
-            return bracketed
-    value = row.kthvalue(k).values
-    return value, int((row <= value).sum())
+def _bracketed(row: torch.Tensor, k: int, out: torch.Tensor):
+    """The k-th smallest of ``row`` found inside a bracket estimated from a sample.
 
-
-def _bracketed_kth_smallest(row: torch.Tensor, k: int) -> tuple[torch.Tensor, int] | None:
-    """Exact selection inside a bracket estimated from a sample; ``None`` if the bracket missed."""
+    Writes ``row > value`` into ``out`` along the way (every entry above the bracket's lower
+    end, minus those inside it up to the value: no extra pass over the row) and returns
+    (value, entries <= value, indices and values of the bracket's entries), or ``None`` if
+    the bracket missed (``out`` is then to be overwritten).
+    """
     m = row.numel()
     # A private generator: the sample must not disturb the training run's random stream.
     generator = torch.Generator(device=row.device).manual_seed(_SAMPLE_SEED)
-    index = torch.randint(m, (_SAMPLE_SIZE,), generator=generator, device=row.device)
-    sample = row[index].sort().values
+    sample = row[torch.randint(m, (_SAMPLE_SIZE,), generator=generator, device=row.device)]
     q = k / m
     half_width = _BRACKET_SIGMAS * math.sqrt(q * (1 - q) / _SAMPLE_SIZE) + 2.0 / _SAMPLE_SIZE
     lo_pos = max(0, math.floor((q - half_width) * _SAMPLE_SIZE))
     hi_pos = min(_SAMPLE_SIZE - 1, math.ceil((q + half_width) * _SAMPLE_SIZE))
-    lo, hi = sample[lo_pos], sample[hi_pos]
-    below = int((row < lo).sum()) if lo_pos > 0 else 0
+    # Two selections in the sample cost a seventh of sorting it.
+    lo, hi = sample.kthvalue(lo_pos + 1).values, sample.kthvalue(hi_pos + 1).values
+    if lo_pos > 0:
+        torch.ge(row, lo, out=out)
+        below = m - int(torch.count_nonzero(out))
+        inside = out & (row <= hi)
+    else:
+        out.fill_(True)
+        below, inside = 0, row <= hi
+    index = torch.nonzero(inside).squeeze(1)
     rank = k - below
-    if rank < 1:
+    if not 1 <= rank <= index.numel():
         return None
-    in_bracket = row[(row >= lo) & (row <= hi)] if lo_pos > 0 else row[row <= hi]
-    if rank > in_bracket.numel():
-        return None
-    value = in_bracket.kthvalue(rank).values
-    return value, below + int((in_bracket <= value).sum())
+    values = row[index]
+    value = values.kthvalue(rank).values
+    pruned_inside = values <= value
+    out[index[pruned_inside]] = False
+    return value, below + int(torch.count_nonzero(pruned_inside)), index, values

@@ -9,7 +9,9 @@ from pst import PSTConfig
 
 @pytest.fixture
 def selections(monkeypatch):
-    """Counts stacked selections (one per group of same-shaped blocks per rebuild)."""
+    """Counts stacked selections (one per group of same-shaped blocks per rebuild), with the
+    sync-free strategy of accelerators: the CPU strategy selects matrix by matrix."""
+    monkeypatch.setattr(pst.masking, "default_strategy", lambda device: "topk")
     calls = []
     original = pst.layers._select
 
