@@ -25,7 +25,12 @@ Methods: ``dense`` (full fine-tuning), ``lora`` (peft's LoRA, r = 8, same module
 every call, autograd through every intermediate; ``official_style.py``), ``pst``, and on
 request ``movement`` and ``magnitude``. Pruning methods run at the target sparsity (default
 0.9), where every matrix needs its threshold at every step. Peak memory: CUDA's
-``max_memory_allocated``; on CPU the process's peak RSS.
+``max_memory_allocated``; on CPU the process's peak RSS, which glibc's heap fragmentation
+moves by a few percent from run to run.
+
+On a CPU shared with other work, pass ``--threads 1``: with two threads, a descheduled
+OpenMP thread stalls every parallel region, and PST (many more, smaller parallel regions
+than dense) was measured at 2.5x dense that way on a busy machine, 1.0x on a quiet one.
 """
 from __future__ import annotations
 
