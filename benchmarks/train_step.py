@@ -1,16 +1,36 @@
-"""One training step (forward + backward + AdamW) of a BERT-base-shaped encoder, per method.
+"""One training step (forward + backward + AdamW) per method, side by side, as ratios.
 
-Each method runs in its own process (clean peak-memory numbers), on the same random
-batch; the parent prints times and peak memory side by side as ratios:
+Each method runs in its own process (clean peak-memory numbers) on the same random batch
+and random-init model, and the processes take their steps in turn (dense, lora, official,
+pst, dense, ...), so that a load change on a shared machine hits every method alike; the
+parent prints one table: time per step, x dense, x LoRA, x the official approach, peak
+memory and peak x LoRA.
 
-    python benchmarks/train_step.py                      # CPU, BERT-base shapes, batch 8 x 128
-    python benchmarks/train_step.py --device cuda        # GPU when one is present
-    python benchmarks/train_step.py --layers 2 --steps 2 # quick look
+    python benchmarks/train_step.py                                  # CPU, BERT-base, batch 8 x 128, fp32
+    python benchmarks/train_step.py --device cuda                    # BERT-base, batch 32 x 128
+    python benchmarks/train_step.py --device cuda --precision bf16   # autocast bf16, fp32 weights
+    python benchmarks/train_step.py --device cuda --shape gpt2-medium --precision bf16
+    python benchmarks/train_step.py --device cuda --shape llama-7b-layers --precision bf16-weights
+    python benchmarks/train_step.py --layers 2 --steps 2             # a quick look
 
-Methods: pst, dense (full fine-tuning: the same three matrix products per layer),
-lora (peft's LoRA, r = 8, same modules, head trained) and movement (hard top-k movement
-pruning). Pruning methods run at the target sparsity (default 0.9), where every matrix
-needs its threshold at every step.
+Shapes: ``bert-base`` (12 encoder layers, hidden 768, FFN 3072, sequence classification),
+``gpt2-medium`` (24 layers, hidden 1024, Conv1D with fused q/k/v, language modelling),
+``llama-7b-layers`` (a few LLaMA-7B-shaped decoder layers: hidden 4096, FFN 11008, 32 heads,
+vocabulary 32000; language modelling). Precision: ``fp32``; ``bf16`` and ``fp16``:
+``torch.autocast`` over fp32 weights (fp16 with gradient scaling); ``bf16-weights``: the
+model held wholly in bf16, as LLM users load it.
+
+Methods: ``dense`` (full fine-tuning), ``lora`` (peft's LoRA, r = 8, same modules),
+``official`` (PST computed as the official code does: full argsort of every score matrix on
+every call, autograd through every intermediate; ``official_style.py``), ``pst``, and on
+request ``movement`` and ``magnitude``. Pruning methods run at the target sparsity (default
+0.9), where every matrix needs its threshold at every step. Peak memory: CUDA's
+``max_memory_allocated``; on CPU the process's peak RSS, which glibc's heap fragmentation
+moves by a few percent from run to run.
+
+On a CPU shared with other work, pass ``--threads 1``: with two threads, a descheduled
+OpenMP thread stalls every parallel region, and PST (many more, smaller parallel regions
+than dense) was measured at 2.5x dense that way on a busy machine, 1.0x on a quiet one.
 """
 from __future__ import annotations
 
@@ -22,114 +42,235 @@ import subprocess
 import sys
 import time
 
-METHODS = ("dense", "pst", "lora", "movement")
+METHODS = ("dense", "lora", "official", "pst", "movement", "magnitude")
+DEFAULT_METHODS = ("dense", "lora", "official", "pst")
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-weights")
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# (layers, batch on CPU, batch on CUDA, sequence length)
+SHAPES = {"bert-base": (12, 8, 32, 128), "gpt2-medium": (24, 8, 8, 512), "llama-7b-layers": (4, 4, 4, 512)}
+
+
+def _model(args):
+    from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig
+    from transformers import LlamaForCausalLM
+
+    if args.shape == "bert-base":
+        config = BertConfig(num_hidden_layers=args.layers, hidden_size=768, num_attention_heads=12,
+                            intermediate_size=3072, num_labels=2)
+        return BertForSequenceClassification(config)
+    if args.shape == "gpt2-medium":
+        return GPT2LMHeadModel(GPT2Config(n_layer=args.layers, n_embd=1024, n_head=16, n_positions=1024))
+    config = LlamaConfig(num_hidden_layers=args.layers, hidden_size=4096, intermediate_size=11008,
+                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    return LlamaForCausalLM(config)
 
 
 def _build(method: str, args):
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
 
     import pst
+    from official_style import official_sparsify
 
     torch.manual_seed(0)
-    config = BertConfig(num_hidden_layers=args.layers, hidden_size=768, num_attention_heads=12,
-                        intermediate_size=3072, num_labels=2)
-    model = BertForSequenceClassification(config)
+    with torch.device(args.device):
+        model = _model(args)
+    if args.precision == "bf16-weights":
+        model.to(torch.bfloat16)
+    config = pst.PSTConfig(method=method if method != "official" else "pst", sparsity=args.sparsity,
+                           target_modules=LLAMA_TARGETS if args.shape == "llama-7b-layers" else None)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        targets = pst.PSTConfig().resolved_for("bert").target_modules
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
-                                                 modules_to_save=["classifier"]))
+        resolved = config.resolved_for(model.config.model_type)
+        heads = ["classifier"] if args.shape == "bert-base" else None
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, modules_to_save=heads,
+                                                 target_modules=resolved.target_modules,
+                                                 fan_in_fan_out=args.shape == "gpt2-medium"))
+    elif method == "official":
+        official_sparsify(model, config, args.sparsity)
     else:
-        pst.sparsify(model, pst.PSTConfig(method=method, sparsity=args.sparsity))
+        pst.sparsify(model, config)
         pst.set_sparsity(model, args.sparsity)
-    return model.to(args.device).train()
+    return model.train()
 
 
-def worker(method: str, args) -> dict:
+def _batch(args):
     import torch
 
-    import pst
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=generator)
+    labels = torch.randint(0, 2, (args.batch,), generator=generator) if args.shape == "bert-base" else ids
+    return ids.to(args.device), labels.to(args.device)
 
-    torch.set_num_threads(args.threads) if args.threads else None
+
+def worker(method: str, args) -> None:
+    """Build one method's model, then run one timed step per "step" line read from stdin."""
+    import contextlib
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
     model = _build(method, args)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=generator).to(args.device)
-    labels = torch.randint(0, 2, (args.batch,), generator=generator).to(args.device)
-    cuda = args.device.startswith("cuda")
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ids, labels = _batch(args)
+    device_type = "cuda" if cuda else "cpu"
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(device_type) if args.precision == "fp16" else None
+
+    def step():
+        context = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with context:
+            loss = model(input_ids=ids, labels=labels).loss
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    rss_before = _current_rss_mib()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         allocated_before = torch.cuda.memory_allocated() / 2**20
-    times = []
-    for step in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    _reply("ready")
+    times, cpu_times = [], []
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
         if cuda:
             torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    result = {
-        "method": method,
-        "step_s": statistics.median(times),
-        "trainable": sum(p.numel() for p in params),
-        "total": sum(p.numel() for p in model.parameters()),
-    }
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+        _reply(times[-1])
+    result = {"method": method, "step_s": statistics.median(times[args.warmup:]), "times_s": times,
+              "cpu_s": statistics.median(cpu_times[args.warmup:]),
+              "trainable": sum(p.numel() for p in params), "total": sum(p.numel() for p in model.parameters())}
     if cuda:
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-        result["peak_above_model_mib"] = result["peak_mib"] - allocated_before
+        result["above_model_mib"] = result["peak_mib"] - allocated_before
         result["device_name"] = torch.cuda.get_device_name()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result["peak_mib"] = peak
-        result["peak_above_model_mib"] = peak - rss_before
-        result["device_name"] = "cpu"
-    result["pst_version"] = pst.__version__
-    return result
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["above_model_mib"] = result["peak_mib"] - rss_before
+        result["device_name"] = f"cpu ({torch.get_num_threads()} threads)"
+    result["torch"] = torch.__version__
+    _reply(result)
+
+
+def _reply(value) -> None:
+    print(json.dumps(value), flush=True)
+
+
+def measure(args) -> dict:
+    """Time every method in its own process, one step each in turn, so load changes hit all alike."""
+    settings = [f"--{name}={getattr(args, name)}" for name in
+                ("device", "shape", "precision", "layers", "batch", "seq", "sparsity", "steps", "warmup", "threads")]
+    workers = {}
+    for method in args.methods:  # built one after the other: peak build memory stays one model's
+        workers[method] = subprocess.Popen([sys.executable, __file__, "--worker", method, *settings],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        _expect(workers, method)
+    for _ in range(args.warmup + args.steps):
+        for method, process in workers.items():
+            process.stdin.write("step\n")
+            process.stdin.flush()
+            _expect(workers, method)
+    results = {}
+    for method, process in workers.items():
+        process.stdin.write("report\n")
+        process.stdin.flush()
+        results[method] = _expect(workers, method)
+        process.wait()
+        print(f"measured {method}: {1000 * results[method]['step_s']:.1f} ms/step", file=sys.stderr)
+    return results
+
+
+def _expect(workers: dict, method: str):
+    line = workers[method].stdout.readline()
+    if not line:
+        for process in workers.values():
+            process.kill()
+        sys.exit(f"the {method} worker failed (its error is printed above)")
+    return json.loads(line)
+
+
+def _current_rss_mib() -> float:
+    """Resident memory now (Linux); the peak so far where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _ratio(value: float, reference: dict | None, key: str) -> str:
+    return f"{value / reference[key]:.2f}x" if reference and reference[key] > 0 else "—"
+
+
+def table(results: dict, args) -> str:
+    """One Markdown table; on CPU also the process CPU time, which a busy shared machine disturbs less."""
+    dense, lora, official = (results.get(m) for m in ("dense", "lora", "official"))
+    device = next(iter(results.values()))["device_name"]
+    cpu = not args.device.startswith("cuda")
+    lines = [
+        f"One training step, {args.shape} ({args.layers} layers), batch {args.batch}x{args.seq}, {args.precision}, "
+        f"sparsity {args.sparsity}, {args.device}: {device}; median of {args.steps} steps after {args.warmup} "
+        "warm-up, methods stepping in turn",
+        "",
+        "| method | step (ms) | × dense | × LoRA | × official | " + ("CPU time × dense | " if cpu else "")
+        + "peak memory (MiB) | peak × LoRA | above model × LoRA | trainable params |",
+        "|---|---|---|---|---|" + ("---|" if cpu else "") + "---|---|---|---|",
+    ]
+    for method, r in results.items():
+        lines.append(
+            f"| {method} | {1000 * r['step_s']:.1f} | {_ratio(r['step_s'], dense, 'step_s')} | "
+            f"{_ratio(r['step_s'], lora, 'step_s')} | {_ratio(r['step_s'], official, 'step_s')} | "
+            + (f"{_ratio(r['cpu_s'], dense, 'cpu_s')} | " if cpu else "")
+            + f"{r['peak_mib']:.0f} | {_ratio(r['peak_mib'], lora, 'peak_mib')} | "
+            f"{_ratio(r['above_model_mib'], lora, 'above_model_mib')} | {r['trainable']:,} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="bert-base")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    parser.add_argument("--layers", type=int, help="number of layers (default: the shape's)")
+    parser.add_argument("--batch", type=int, help="batch size (default: the shape's, per device)")
+    parser.add_argument("--seq", type=int, help="sequence length (default: the shape's)")
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--steps", type=int, help="timed steps, median reported (default: 10 on CUDA, 3 on CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on CUDA, 2 on CPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    layers, cpu_batch, cuda_batch, seq = SHAPES[args.shape]
+    cuda = args.device.startswith("cuda")
+    args.layers = args.layers or layers
+    args.batch = args.batch or (cuda_batch if cuda else cpu_batch)
+    args.seq = args.seq or seq
+    args.steps = args.steps or (10 if cuda else 3)
+    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 2)
     if args.worker:
-        print(json.dumps(worker(args.worker, args)))
+        worker(args.worker, args)
         return
-    passthrough = [a for a in sys.argv[1:] if a not in args.methods and a != "--methods"]
-    results = {}
-    for method in args.methods:
-        output = subprocess.run([sys.executable, __file__, "--worker", method, *passthrough],
-                                check=True, capture_output=True, text=True).stdout
-        results[method] = json.loads(output.strip().splitlines()[-1])
-        print(f"measured {method}: {results[method]['step_s']:.3f} s/step", file=sys.stderr)
-    dense, lora = results.get("dense"), results.get("lora")
-    device = next(iter(results.values()))["device_name"]
-    print(f"\nOne training step, BERT-base-shaped encoder ({args.layers} layers), batch {args.batch}x{args.seq}, "
-          f"sparsity {args.sparsity}, device: {device}\n")
-    print("| method | step (s) | time / dense | peak memory (MiB) | peak / LoRA | above model (MiB) | above model / LoRA | trainable params |")
-    print("|---|---|---|---|---|---|---|---|")
-    for method, r in results.items():
-        time_ratio = f"{r['step_s'] / dense['step_s']:.2f}x" if dense else "—"
-        peak_ratio = f"{r['peak_mib'] / lora['peak_mib']:.2f}x" if lora else "—"
-        above_ratio = f"{r['peak_above_model_mib'] / lora['peak_above_model_mib']:.2f}x" if lora else "—"
-        print(f"| {method} | {r['step_s']:.3f} | {time_ratio} | {r['peak_mib']:.0f} | {peak_ratio} | "
-              f"{r['peak_above_model_mib']:.0f} | {above_ratio} | {r['trainable']:,} |")
+    results = measure(args)
+    print(table(results, args))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"settings": vars(args), "results": results}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from .semi_structured import is_n_m_sparse, to_semi_structured
 from .surgery import (
     TrainableParameters,
     find_targets,
+    invalidate_masks,
     optimizer_parameters,
     set_sparsity,
     sparse_layers,
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURE_DEFAULTS", "METHODS", "AdapterCheckpointCallback", "MethodSpec", "PSTConfig", "SparseLayer",
     "SparsityCallback", "SparsityScheduler", "TrainableParameters", "adapter_state_dict", "cubic_sparsity",
-    "find_targets", "get_method", "is_n_m_sparse", "keep_mask", "load_adapter", "load_compressed", "merge",
-    "num_pruned", "optimizer_parameters", "save_adapter", "save_compressed", "set_sparsity", "sparse_layers",
-    "sparsify", "sparsity_report", "to_semi_structured", "trainable_parameters",
+    "find_targets", "get_method", "invalidate_masks", "is_n_m_sparse", "keep_mask", "load_adapter",
+    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_adapter", "save_compressed",
+    "set_sparsity", "sparse_layers", "sparsify", "sparsity_report", "to_semi_structured", "trainable_parameters",
 ]

@@ -5,6 +5,8 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from .fused import validate_spec
+from .masking import UNSTRUCTURED, parse_pattern, validate_sparsity
 from .methods import get_method
 
 #: Every nn.Linear inside the encoder (Q, K, V, attention output, FFN in and out);
@@ -86,6 +88,13 @@ class PSTConfig:
     method: str = "pst"
     #: Target sparsity p_T in [0, 1): the fraction of each matrix's weights zeroed at the end.
     sparsity: float = 0.9
+    #: Sparsity pattern of M: "unstructured" (the paper's), or "N:M" (e.g. "2:4") to keep N of
+    #: every M consecutive weights along the input dimension, chosen by the same score S.
+    #: Along the schedule the M - N lowest-scored weights of each group are the candidates
+    #: and the floor(p n k) lowest-scored candidates are pruned, so the count stays exact and
+    #: at p = 1 - N/M every group holds exactly M - N zeros; ``sparsity`` is at most 1 - N/M.
+    #: Ignored, like ``sparsity``, by methods that do not prune.
+    pattern: str = UNSTRUCTURED
     #: r1, the rank of the weight update U V (U: n x r1, V: r1 x k). The official code's ``weight_rank``.
     weight_rank: int = 8
     #: r2, the rank of the data-driven score term A B (A: n x r2, B: r2 x k). The official code's ``mask_rank``.
@@ -114,9 +123,14 @@ class PSTConfig:
     #: accident and train the head (also fair to the baselines). False reproduces the official script.
     train_head: bool = True
     #: Modules that fuse several matrices the paper's model keeps apart, by name suffix, with
-    #: their number of blocks (GPT-2 ``{"c_attn": 3}``: q, k, v). Each block gets its own mask
-    #: and its own V, B and C. ``None``: the architecture's default.
-    fused_modules: dict[str, int] | None = None
+    #: how their output rows split (``pst.fused``): a number of equal blocks (GPT-2
+    #: ``{"c_attn": 3}``: q, k, v), a list of relative block sizes, ints or model config
+    #: attribute names (Phi-3 ``{"qkv_proj": ["num_attention_heads", "num_key_value_heads",
+    #: "num_key_value_heads"]}``), or ``{"blocks": ..., "interleave": ...}`` for blocks
+    #: interleaved per head (GPT-NeoX ``{"query_key_value": {"blocks": 3, "interleave":
+    #: "num_attention_heads"}}``). Each block gets its own mask and its own V, B and C.
+    #: ``None``: the architecture's default.
+    fused_modules: dict[str, int | list | dict] | None = None
     #: w_i, the fraction of training steps run dense before pruning starts (sparsity p_0).
     warmup_fraction: float = 0.1
     #: w_f, the fraction of the last training steps held at the target sparsity p_T.
@@ -130,10 +144,11 @@ class PSTConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
         spec = get_method(self.method)
+        pattern = parse_pattern(self.pattern)  # checked for every method, binding only for pruning ones
+        if not spec.prunes:
+            pattern = None
         for name in ("sparsity", "initial_sparsity"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+            validate_sparsity(getattr(self, name), pattern, name)
         for name in ("weight_rank", "score_rank"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -157,9 +172,8 @@ class PSTConfig:
             raise ValueError(f"target_modules must be a non-empty list of names or a regex, got {self.target_modules!r}")
         if spec.name == "pst" and not (self.score_magnitude or self.score_low_rank or self.score_structured):
             raise ValueError("the PST score needs at least one of score_magnitude, score_low_rank, score_structured")
-        for name, blocks in (self.fused_modules or {}).items():
-            if not isinstance(blocks, int) or blocks < 1:
-                raise ValueError(f"fused_modules[{name!r}] must be an integer >= 1, got {blocks!r}")
+        for name, layout in (self.fused_modules or {}).items():
+            validate_spec(name, layout)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,43 +4,91 @@ For a weight W (n outputs x k inputs) at sparsity p (shared/PAPER.md):
 
     W' = W + beta U V
     S  = |W'| + alpha1 A B + alpha2 (R 1^T + 1 C^T)
-    M  = 0 at the floor(p n k) smallest entries of S, 1 elsewhere
+    M  = 0 at the floor(p n k) smallest entries of S (of each fused block), 1 elsewhere
     y  = x (M * W')^T + b
 
 with the straight-through estimator dL/dS = dL/d(M * W') * W'. The same layer also runs the
 baselines (magnitude, movement, LoRA) by switching terms on and off (see ``pst.methods``).
 
-Memory: the autograd function saves only the input, the parameters (no copies) and a
-boolean mask; W', the score and M * W' are recomputed in the backward pass, so no
-n x k float tensor outlives the layer's forward.
+Once per optimizer step, not once per call: the mask and the small factors derived from
+the parameters (a layer's "step state") are kept and rebuilt only when the sparsity or a
+parameter entering the score has changed (an optimizer step, ``load_state_dict``, any
+in-place edit), so gradient-accumulation micro-batches, gradient-checkpointing
+recomputation and evaluation reuse them. The first layer needing a new state rebuilds those
+of all stale layers sparsified with it, with one selection per group of same-shaped
+matrices (``pst.masking``): on a GPU a step is bound by launches and host round trips, not
+by arithmetic.
+
+Mixed precision: under ``torch.autocast`` the three matrix products run in the autocast
+dtype while W', the score and the mask stay in the parameters' precision, and every
+gradient comes back in its parameter's dtype; a model held wholly in bf16 computes
+everything in bf16. The zero count is exact either way.
+
+Memory: the autograd function saves only the input, the parameters (no copies), the
+boolean mask and the small factors; W' and M * W' are recomputed in the backward pass, so
+no n x k float tensor outlives the layer's forward.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections import defaultdict
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
 from .config import PSTConfig
-from .masking import keep_mask, num_pruned
+from .fused import BlockLayout
+from . import masking
+from .masking import keep_mask, num_pruned, parse_pattern, validate_sparsity
 from .methods import get_method
 
 SUPPORTED_MODULES = (nn.Linear, Conv1D)
 
+# Largest number of score entries selected in one stacked call by the sync-free strategy
+# (bounds the temporary memory). The CPU strategy selects matrix by matrix anyway, and a large
+# stack there only costs page faults (670 instead of 440 ms per BERT-base step, one thread).
+_STACK_ENTRIES = 1 << 26
 
-@dataclass(frozen=True)
-class _Terms:
-    """Constants of one forward call, passed to the autograd function."""
+# Optimizer steps taken in this process. Fused optimizers (the Trainer's default
+# adamw_torch_fused) update parameters without bumping their version counters, so a step
+# state also remembers this count; a global post-step hook keeps it.
+_optimizer_steps = 0
+_step_hook = None
 
-    transposed: bool  # Conv1D stores its weight as (in, out)
-    blocks: int  # fused matrices (GPT-2 c_attn: q, k, v), each with its own mask
-    beta: float
-    alpha1: float
-    alpha2: float
-    magnitude_score: bool
-    magnitude_score_grad: bool
-    prune: int  # entries pruned per block; 0 = no mask
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _watch_optimizer_steps() -> None:
+    global _step_hook
+    if _step_hook is None:
+        _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def oriented_shape(module: nn.Module) -> tuple[int, int]:
+    """(outputs, inputs) of an ``nn.Linear`` or a ``Conv1D`` (which stores its weight as inputs x outputs)."""
+    shape = module.weight.shape
+    return (shape[1], shape[0]) if isinstance(module, Conv1D) else (shape[0], shape[1])
+
+
+class _StepState:
+    """What a layer derives from its parameters once per step: no autograd, no per-call work.
+
+    ``mask``: (n, k) bool, or None when nothing is pruned. ``u``: U, or for fused layers
+    U spread over the blocks' columns (n x blocks r), so that W' = W + beta u V.view(-1, k)
+    is one product. ``left`` @ ``right`` = alpha1 A B + alpha2 (R 1^T + 1 C^T), each block
+    with its own B and C. ``block_index``: the block of every row (fused layers only).
+    """
+
+    __slots__ = ("key", "mask", "u", "left", "right", "block_index")
+
+    def __init__(self, key) -> None:
+        self.key = key
+        self.mask = self.u = self.left = self.right = self.block_index = None
 
 
 class SparseLayer(nn.Module):
@@ -50,15 +98,16 @@ class SparseLayer(nn.Module):
     copy) and keep their names, so state dicts stay recognisable. New parameters are named
     after the paper's symbols and shaped output x input whatever the wrapped module:
     ``U`` (n x r), ``V`` (r x k), ``A`` (n x r_s), ``B`` (r_s x k), ``R`` (n), ``C`` (k),
-    or ``scores`` (n x k) for movement pruning. For a module fusing ``blocks`` matrices
-    (GPT-2 ``c_attn``), each block has its own mask and its own V, B and C, stacked on a
-    leading block axis (``V``: blocks x r x k, ``C``: blocks x k), as if the matrices were
-    separate modules, which is how the paper's model is built.
+    or ``scores`` (n x k) for movement pruning. For a module fusing several matrices
+    (``blocks``: a number of equal blocks or a :class:`pst.fused.BlockLayout`), each block
+    has its own mask and its own V, B and C, stacked on a leading block axis (``V``:
+    blocks x r x k, ``C``: blocks x k), as if the matrices were separate modules, which is
+    how the paper's model is built; U, A and R stay per row.
 
-    ``sparsity`` is a plain float attribute in [0, 1), moved by the schedule.
+    ``sparsity`` is a float in [0, 1) (at most 1 - N/M for an N:M pattern), moved by the schedule.
     """
 
-    def __init__(self, base: nn.Module, config: PSTConfig, blocks: int = 1) -> None:
+    def __init__(self, base: nn.Module, config: PSTConfig, blocks: int | BlockLayout = 1) -> None:
         super().__init__()
         if not isinstance(base, SUPPORTED_MODULES):
             raise TypeError(
@@ -67,16 +116,27 @@ class SparseLayer(nn.Module):
         self.transposed = isinstance(base, Conv1D)
         self.weight = base.weight
         self.bias = base.bias
-        out_features, in_features = self.weight.shape[::-1] if self.transposed else self.weight.shape
-        if out_features % blocks:
-            raise ValueError(f"{out_features} output features cannot be split into {blocks} fused blocks")
-        self.in_features, self.out_features, self.blocks = in_features, out_features, blocks
-        self.method = config.method
+        out_features, in_features = oriented_shape(base)
+        self.layout = blocks if isinstance(blocks, BlockLayout) else BlockLayout.equal(blocks, out_features)
+        if self.layout.rows != out_features:
+            raise ValueError(f"the fused block layout covers {self.layout.rows} rows, the module has {out_features}")
         self.spec = get_method(config.method)
+        self.pattern = parse_pattern(config.pattern) if self.spec.prunes else None
+        if self.pattern is not None and in_features % self.pattern[1]:
+            raise ValueError(
+                f"pattern {config.pattern} groups {self.pattern[1]} consecutive inputs; "
+                f"{in_features} input features do not split into such groups"
+            )
+        self.in_features, self.out_features, self.blocks = in_features, out_features, self.layout.num_blocks
+        self.method = config.method
         self.beta, self.alpha1, self.alpha2 = config.beta, config.alpha1, config.alpha2
         self.magnitude_score = config.uses_magnitude_score
+        self.magnitude_score_grad = self.magnitude_score and self.spec.magnitude_score_grad
         self.sparsity = 0.0
+        self._state: _StepState | None = None
+        self._peers: list[SparseLayer] | None = None  # layers whose states are rebuilt together
         self._create_parameters(config)
+        _watch_optimizer_steps()
 
     def _create_parameters(self, config: PSTConfig) -> None:
         n, k, blocks = self.out_features, self.in_features, self.blocks
@@ -98,35 +158,138 @@ class SparseLayer(nn.Module):
         if self.spec.full_score:  # movement pruning's scores start at 0, as in Sanh et al.
             self.scores = nn.Parameter(torch.zeros(n, k, **like))
 
-    # -- parameters grouped by role ----------------------------------------------------
+    @property
+    def sparsity(self) -> float:
+        return self._sparsity
+
+    @sparsity.setter
+    def sparsity(self, value: float) -> None:
+        validate_sparsity(float(value), self.pattern)
+        self._sparsity = float(value)
+
     def method_parameters(self) -> list[nn.Parameter]:
         """Parameters this layer added to the model (not the wrapped weight and bias)."""
         return [p for p in (self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if p is not None]
 
-    def _terms(self) -> _Terms:
-        prune = num_pruned(self.sparsity, self.out_features * self.in_features // self.blocks)
-        return _Terms(
-            transposed=self.transposed, blocks=self.blocks, beta=self.beta, alpha1=self.alpha1,
-            alpha2=self.alpha2, magnitude_score=self.magnitude_score,
-            magnitude_score_grad=self.magnitude_score and self.spec.magnitude_score_grad,
-            prune=prune if self.spec.prunes else 0,
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self._step_state()
+        dtype = self.weight.dtype
+        if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # autocast leaves fp64 alone
+            dtype = torch.get_autocast_dtype(x.device.type)
+        return SparseLinearFunction.apply(
+            x, self.weight, self.bias, self.U, self.V, self.A, self.B, self.R, self.C, self.scores, self, state, dtype
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return SparseLinearFunction.apply(
-            x, self.weight, self.bias, self.U, self.V, self.A, self.B, self.R, self.C, self.scores, self._terms()
-        )
+    # -- the step state ---------------------------------------------------------------------
+    def _step_state(self) -> _StepState:
+        """This step's mask and factors, rebuilt (with those of stale peers) when out of date."""
+        if self._state is None or self._state.key != self._state_key():
+            # A copy made by nn.DataParallel shares its original's peers without being one of them.
+            refresh_step_states(self._peers if self._peers and self in self._peers else [self])
+        return self._state
+
+    def invalidate(self) -> None:
+        """Forget the step state: needed only after edits torch does not track (through ``.data``)."""
+        self._state = None
+
+    def _state_key(self) -> tuple:
+        tensors = (self.weight, self.U, self.V, self.A, self.B, self.R, self.C, self.scores)
+        versions = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors if t is not None)
+        return (_optimizer_steps, self._sparsity, versions)
+
+    def _block_prunes(self) -> list[int]:
+        """Entries pruned in each block (0 for methods that do not prune)."""
+        if not self.spec.prunes:
+            return [0] * self.blocks
+        k = self.in_features
+        return [num_pruned(self._sparsity, self.layout.block_rows(j) * k) for j in range(self.blocks)]
+
+    def _new_state(self, key) -> _StepState:
+        """The factors of a new step state (the mask is filled in by the grouped selection)."""
+        state = _StepState(key)
+        n, k, blocks = self.out_features, self.in_features, self.blocks
+        like = {"device": self.weight.device, "dtype": self.weight.dtype}
+        if blocks > 1:
+            state.block_index = self.layout.block_index(self.weight.device)
+            one_hot = state.block_index.unsqueeze(1) == torch.arange(blocks, device=self.weight.device)
+
+        def spread(per_row: torch.Tensor) -> torch.Tensor:  # (n, r) -> (n, blocks r), zero off the row's block
+            if blocks == 1:
+                return per_row
+            return (per_row.unsqueeze(1) * one_hot.unsqueeze(2)).reshape(n, -1)
+
+        if self.U is not None:
+            state.u = spread(self.U)
+        left, right = [], []
+        if self.A is not None:
+            left.append(self.alpha1 * spread(self.A))
+            right.append(self.B.view(-1, k))
+        if self.R is not None:
+            columns = one_hot.to(like["dtype"]) if blocks > 1 else torch.ones(n, 1, **like)
+            left += [self.alpha2 * self.R.unsqueeze(1), self.alpha2 * columns]
+            right += [torch.ones(1, k, **like), self.C.view(-1, k)]
+        if left:
+            state.left, state.right = torch.cat(left, dim=1), torch.cat(right, dim=0)
+        return state
+
+    def _oriented(self, weight: torch.Tensor) -> torch.Tensor:
+        """A weight parameter in output x input orientation (a view)."""
+        return weight.t() if self.transposed else weight
+
+    def _updated(self, weight: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor | None) -> torch.Tensor:
+        """W' = W + beta u V as (n, k) in the parameters' dtype; the weight itself without an update."""
+        w = self._oriented(weight)
+        if u is None:
+            return w
+        return torch.addmm(w, u, V.view(-1, self.in_features), alpha=self.beta)
+
+    def _block_score(self, state: _StepState, block: int, out: torch.Tensor) -> None:
+        """S of one block written into ``out`` (repeats, block rows, k), computed where it lands."""
+        rows = self.layout.rows_of
+        repeats, k = out.shape[0], self.in_features
+        filled = False
+        if self.magnitude_score:
+            w = rows(self._oriented(self.weight), block)
+            if state.u is not None:
+                v = self.V.view(-1, k).expand(repeats, -1, -1)
+                torch.baddbmm(w, rows(state.u, block), v, alpha=self.beta, out=out).abs_()
+            else:
+                torch.abs(w, out=out)
+            filled = True
+        if state.left is not None:
+            left, right = rows(state.left, block), state.right.expand(repeats, -1, -1)
+            out.baddbmm_(left, right) if filled else torch.bmm(left, right, out=out)
+            filled = True
+        if self.scores is not None:
+            out.add_(rows(self.scores, block)) if filled else out.copy_(rows(self.scores, block))
+            filled = True
+        if not filled:
+            raise ValueError(f"this {self.method} layer has no score term")
+
+    def _set_block_mask(self, state: _StepState, block: int, keep: torch.Tensor) -> None:
+        self.layout.rows_of(state.mask, block).copy_(keep.view(self.layout.repeats, -1, self.in_features))
 
     # -- inspection and export ------------------------------------------------------------
     @torch.no_grad()
+    def score(self) -> torch.Tensor:
+        """S, the importance score the mask is selected from, in output x input orientation."""
+        state = self._step_state()
+        score = torch.empty(self.out_features, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
+        with _without_autocast(self.weight.device.type):
+            for block in range(self.blocks):
+                part = torch.empty(self.layout.repeats, self.layout.sizes[block], self.in_features, dtype=score.dtype,
+                                   device=score.device)
+                self._block_score(state, block, part)
+                self.layout.rows_of(score, block).copy_(part)
+        return score
+
+    @torch.no_grad()
     def effective_weight(self) -> torch.Tensor:
         """M * W' in output x input orientation, as the forward pass uses it."""
-        terms = self._terms()
-        updated = _updated_weight(self.weight, self.U, self.V, terms)
-        if terms.prune == 0:
-            return updated.reshape(self.out_features, self.in_features).clone()
-        mask = _mask(updated, self.A, self.B, self.R, self.C, self.scores, terms)
-        return (updated * mask).reshape(self.out_features, self.in_features)
+        state = self._step_state()
+        with _without_autocast(self.weight.device.type):
+            updated = self._updated(self.weight, state.u, self.V)
+        return _masked(updated, state.mask, updated.dtype) if state.mask is not None else updated.clone()
 
     @torch.no_grad()
     def to_plain_module(self) -> nn.Module:
@@ -150,139 +313,172 @@ class SparseLayer(nn.Module):
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# The computation. Tensors of a (possibly fused) weight are handled as (blocks, n / blocks, k).
+def link_peers(layers: list[SparseLayer]) -> None:
+    """Let these layers rebuild their step states together (``pst.sparsify`` links a model's layers)."""
+    for layer in layers:
+        layer._peers = layers
 
 
-def _blocked(matrix: torch.Tensor, terms: _Terms) -> torch.Tensor:
-    """View a weight parameter as (blocks, n_b, k) in output x input orientation (no copy)."""
-    w = matrix.t() if terms.transposed else matrix
-    return w.view(terms.blocks, w.shape[0] // terms.blocks, w.shape[1])
+def refresh_step_states(layers: list[SparseLayer]) -> None:
+    """Rebuild the step state of every stale layer, masks by one selection per group of same-shaped blocks.
 
-
-def _per_block(t: torch.Tensor, terms: _Terms) -> torch.Tensor:
-    """V, B (r x k) or C (k) of an unfused layer gain a leading block axis of size 1."""
-    return t.unsqueeze(0) if terms.blocks == 1 else t
-
-
-def _updated_weight(weight, U, V, terms: _Terms) -> torch.Tensor:
-    """W' = W + beta U V as (blocks, n_b, k); the parameter itself when there is no update."""
-    w = _blocked(weight, terms)
-    if U is None:
-        return w
-    u = U.view(terms.blocks, -1, U.shape[1])
-    return torch.baddbmm(w, u, _per_block(V, terms), alpha=terms.beta)
-
-
-def _augmented_factors(A, B, R, C, terms: _Terms):
-    """Factors whose product is alpha1 A B + alpha2 (R 1^T + 1 C^T), one matmul per block.
-
-    Left: [alpha1 A | alpha2 R | alpha2 1], right: [B ; 1^T ; C^T]. Returns ``None`` when
-    the score has no data-driven low-rank or structured part.
+    With the sync-free strategy (accelerators), blocks with the same number of entries,
+    pruned count, pattern, dtype and device are stacked (in chunks of at most
+    ``_STACK_ENTRIES`` entries) and selected in one call; each block's score is computed
+    straight into its row of the stack.
     """
-    left, right = [], []
-    blocks = terms.blocks
-    if A is not None:
-        left.append(terms.alpha1 * A.view(blocks, -1, A.shape[1]))
-        right.append(_per_block(B, terms))
-    if R is not None:
-        rows = R.view(blocks, -1, 1)
-        cols = _per_block(C, terms).unsqueeze(1)
-        left += [terms.alpha2 * rows, torch.full_like(rows, terms.alpha2)]
-        right += [torch.ones_like(cols), cols]
-    if not left:
-        return None
-    return torch.cat(left, dim=2), torch.cat(right, dim=1)
+    groups: dict[tuple, list] = defaultdict(list)
+    fresh, masked = [], defaultdict(list)
+    # Step states are never inference tensors: they are saved for backward in later training steps.
+    with torch.inference_mode(False), torch.no_grad():
+        for layer in layers:
+            key = layer._state_key()
+            if layer._state is not None and layer._state.key == key:
+                continue
+            with _without_autocast(layer.weight.device.type):
+                state = layer._new_state(key)
+            fresh.append((layer, state))
+            prunes = layer._block_prunes()
+            if not any(prunes):
+                continue
+            masked[layer.weight.device].append((layer, state))
+            k = layer.in_features
+            for block, prune in enumerate(prunes):
+                numel = layer.layout.block_rows(block) * k
+                signature = (numel, prune, layer.pattern, layer.weight.dtype, layer.weight.device)
+                groups[signature].append((layer, state, block))
+        for device, states in masked.items():
+            _allocate_masks(states, device)
+        for (numel, prune, pattern, dtype, device), members in groups.items():
+            per_chunk = max(1, _STACK_ENTRIES // numel) if masking.default_strategy(device) == "topk" else 1
+            with _without_autocast(device.type):
+                for start in range(0, len(members), per_chunk):
+                    _select(members[start : start + per_chunk], numel, prune, pattern, dtype, device)
+    for layer, state in fresh:  # only complete states are ever used
+        layer._state = state
 
 
-def _score(updated, A, B, R, C, scores, terms: _Terms) -> torch.Tensor:
-    """S as (blocks, n_b, k)."""
-    factors = _augmented_factors(A, B, R, C, terms)
-    score = torch.bmm(*factors) if factors is not None else None
-    if scores is not None:
-        full = scores.view(terms.blocks, -1, scores.shape[1])
-        score = full if score is None else score + full
-    if terms.magnitude_score:
-        score = updated.abs() if score is None else score.add_(updated.abs())
-    if score is None:
-        raise ValueError("this layer prunes but has no score term")
-    return score
+def _allocate_masks(states: list, device: torch.device) -> None:
+    """All masks of a rebuild in one block: kept for a whole step, many separate blocks would
+    fragment the heap around the step's temporaries (on CPU, 5% more peak memory)."""
+    sizes = [layer.out_features * layer.in_features for layer, _ in states]
+    flat = torch.empty(sum(sizes), dtype=torch.bool, device=device)
+    for (layer, state), part in zip(states, flat.split(sizes)):
+        state.mask = part.view(layer.out_features, layer.in_features)
 
 
-def _mask(updated, A, B, R, C, scores, terms: _Terms) -> torch.Tensor:
-    score = _score(updated, A, B, R, C, scores, terms)
-    return keep_mask(score.reshape(terms.blocks, -1), terms.prune).view_as(score)
+def _select(members: list, numel: int, prune: int, pattern, dtype: torch.dtype, device: torch.device) -> None:
+    if prune == 0:  # a block left whole beside pruned blocks of the same layer
+        keep = torch.ones(len(members), numel, dtype=torch.bool, device=device)
+    else:
+        scores = torch.empty(len(members), numel, dtype=dtype, device=device)
+        for row, (layer, state, block) in enumerate(members):
+            layer._block_score(state, block, scores[row].view(layer.layout.repeats, -1, layer.in_features))
+        keep = keep_mask(scores, prune, pattern)
+    for row, (layer, state, block) in enumerate(members):
+        layer._set_block_mask(state, block, keep[row])
+
+
+def _without_autocast(device_type: str):
+    """Autocast off, for products that must stay in the parameters' precision."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _masked(updated: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """M * W' in ``dtype``, in one pass (the product is written straight in the compute dtype)."""
+    if mask is None:
+        return updated.to(dtype)
+    return torch.mul(updated, _as_factor(mask), out=torch.empty(updated.shape, dtype=dtype, device=updated.device))
+
+
+def _as_factor(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as uint8 (a free view) for products: CPU kernels cast uint8 twice as fast as bool."""
+    return mask.view(torch.uint8)
 
 
 class SparseLinearFunction(torch.autograd.Function):
     """y = x (M * W')^T + b with the straight-through estimator, recomputing in backward."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, terms: _Terms):
-        updated = _updated_weight(weight, U, V, terms)
-        mask = _mask(updated, A, B, R, C, scores, terms) if terms.prune > 0 else None
-        effective = updated * mask if mask is not None else updated
-        n_rows = effective.shape[0] * effective.shape[1]
-        y = nn.functional.linear(x, effective.reshape(n_rows, -1), bias)
-        ctx.terms = terms
-        ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, mask)
+    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, layer: SparseLayer, state: _StepState, dtype):
+        with _without_autocast(x.device.type):
+            x = x.to(dtype)
+            effective = _masked(layer._updated(weight, state.u, V), state.mask, dtype)
+            y = nn.functional.linear(x, effective, None if bias is None else bias.to(dtype))
+        ctx.layer = layer
+        ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, state.mask, state.u, state.left, state.right,
+                              state.block_index)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, U, V, A, B, R, C, scores, mask = ctx.saved_tensors
-        terms: _Terms = ctx.terms
-        needs = ctx.needs_input_grad
-        grad_x = grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
+        x, weight, U, V, A, B, R, C, scores, mask, u, left, right, block_index = ctx.saved_tensors
+        layer: SparseLayer = ctx.layer
+        with _without_autocast(grad_y.device.type):
+            grads = _backward(layer, ctx.needs_input_grad, grad_y.to(x.dtype), x, weight, U, V, A, B, R, C, scores,
+                              mask, u, left, right, block_index)
+        return (*grads, None, None, None)
 
-        updated = _updated_weight(weight, U, V, terms)
-        blocks, n_b, k = updated.shape
-        effective = updated * mask if mask is not None else updated
-        grad_y2 = grad_y.reshape(-1, blocks * n_b)
-        if needs[0]:
-            grad_x = (grad_y2 @ effective.reshape(blocks * n_b, k)).view_as(x)
-        del effective
-        if needs[2]:
-            grad_bias = grad_y2.sum(0)
-        score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
-        weight_needs = any(needs[i] for i in (1, 3, 4))
-        if not (score_needs or weight_needs):
-            return grad_x, None, grad_bias, None, None, None, None, None, None, None, None
 
-        # dL/d(M * W'), the dense gradient every method needs: the third matmul of a layer.
-        grad_effective = (grad_y2.t() @ x.reshape(-1, k)).view(blocks, n_b, k)
-        # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W'.
-        grad_score = grad_effective * updated if (score_needs or terms.magnitude_score_grad) else None
+def _backward(layer, needs, grad_y, x, weight, U, V, A, B, R, C, scores, mask, u, left, right, block_index):
+    n, k = layer.out_features, layer.in_features
+    grad_x = grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
+    grad_y = grad_y.reshape(-1, n)
+    updated = layer._updated(weight, u, V)
+    if needs[0]:
+        grad_x = (grad_y @ _masked(updated, mask, x.dtype)).view(x.shape)
+    if needs[2]:
+        grad_bias = grad_y.sum(0)
+    score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
+    weight_needs = needs[1] or needs[3] or needs[4]
+    if score_needs or weight_needs:
+        # dL/d(M * W'), the dense gradient every method needs: the third matrix product of a layer.
+        grad_effective = grad_y.t() @ x.reshape(-1, k)
+        # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W' (in at least the parameters' precision).
+        grad_score = grad_effective * updated if (score_needs or layer.magnitude_score_grad) else None
         if weight_needs:
-            # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS = dL/d(M W') * (M + |W'|) with the |W'| term.
-            if terms.magnitude_score_grad:
-                factor = updated.abs()
-                factor.add_(mask if mask is not None else 1.0)
-                grad_updated = grad_effective.mul_(factor)
+            if layer.magnitude_score_grad:
+                # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, dL/d(M W')).
+                grad_updated = torch.copysign(grad_score, grad_effective)
+                if mask is not None:
+                    grad_updated.addcmul_(grad_effective, _as_factor(mask))
+                else:
+                    grad_updated.add_(grad_effective)
             else:
-                grad_updated = grad_effective.mul_(mask) if mask is not None else grad_effective
+                grad_updated = grad_effective * _as_factor(mask) if mask is not None else grad_effective
             if needs[1]:
-                g = grad_updated.reshape(blocks * n_b, k)
-                grad_weight = g.t() if terms.transposed else g
+                grad_weight = grad_updated.t() if layer.transposed else grad_updated
+            # Rank-r products put the small factor first (twice as fast on CPU as G @ V^T) and
+            # cast it to the n x k gradient's dtype, never the other way round.
+            dtype = grad_updated.dtype
             if needs[3]:
-                grad_U = terms.beta * torch.bmm(grad_updated, _per_block(V, terms).transpose(1, 2))
-                grad_U = grad_U.reshape(U.shape)
+                grad_U = _fold(layer.beta * (V.view(-1, k).to(dtype) @ grad_updated.t()).t(), block_index, layer.blocks)
             if needs[4]:
-                grad_V = terms.beta * torch.bmm(U.view(blocks, n_b, -1).transpose(1, 2), grad_updated)
-                grad_V = grad_V.reshape(V.shape)
-        if score_needs:
-            factors = _augmented_factors(A, B, R, C, terms)
-            if factors is not None:
-                left, right = factors
-                grad_left = torch.bmm(grad_score, right.transpose(1, 2))  # (blocks, n_b, q)
-                grad_right = torch.bmm(left.transpose(1, 2), grad_score)  # (blocks, q, k)
-                rank = A.shape[1] if A is not None else 0
-                if A is not None:
-                    grad_A = (terms.alpha1 * grad_left[:, :, :rank]).reshape(A.shape)
-                    grad_B = grad_right[:, :rank].reshape(B.shape)
-                if R is not None:
-                    grad_R = (terms.alpha2 * grad_left[:, :, rank]).reshape(R.shape)
-                    grad_C = grad_right[:, rank + 1].reshape(C.shape)
-            if scores is not None:
-                grad_scores = grad_score.reshape(scores.shape)
-        return grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores, None
+                grad_V = (layer.beta * (u.t().to(dtype) @ grad_updated)).view(V.shape)
+        if score_needs and left is not None:
+            grad_left = (right.to(grad_score.dtype) @ grad_score.t()).t()  # (n, q): A's and R's columns
+            grad_right = left.t().to(grad_score.dtype) @ grad_score  # (q, k): B's and C's rows
+            a_cols = 0
+            if A is not None:
+                a_cols = layer.blocks * A.shape[1]
+                grad_A = _fold(layer.alpha1 * grad_left[:, :a_cols], block_index, layer.blocks)
+                grad_B = grad_right[:a_cols].view(B.shape)
+            if R is not None:
+                grad_R = layer.alpha2 * grad_left[:, a_cols]
+                grad_C = grad_right[a_cols + 1 :].view(C.shape)
+        if scores is not None and score_needs:
+            grad_scores = grad_score
+    grads = (grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores)
+    params = (x, weight, weight, U, V, A, B, R, C, scores)  # the bias has the weight's dtype
+    return tuple(g if g is None else g.to(p.dtype) for g, p in zip(grads, params))
+
+
+def _fold(spread: torch.Tensor, block_index: torch.Tensor | None, blocks: int) -> torch.Tensor:
+    """Gradient of a spread factor (n, blocks r) back to its per-row parameter (n, r)."""
+    if block_index is None:
+        return spread
+    n = spread.shape[0]
+    per_block = spread.reshape(n, blocks, -1)
+    return per_block.gather(1, block_index.view(n, 1, 1).expand(n, 1, per_block.shape[2])).squeeze(1)

@@ -47,7 +47,10 @@ class SparsityScheduler:
     """Moves every sparse layer of a model along the cubic schedule, like a torch LR scheduler.
 
     Call ``step()`` after each optimizer step; ``last_step`` counts the steps taken. The
-    state dict lets a resumed run continue where it stopped.
+    state dict lets a resumed run continue where it stopped. With an N:M pattern the
+    schedule ramps the same way to at most 1 - N/M: each layer prunes exactly floor(p n k)
+    of its N:M candidates at every step (``PSTConfig.pattern``). A new sparsity reaches the
+    masks at the next forward pass.
     """
 
     def __init__(

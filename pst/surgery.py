@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .config import PSTConfig
-from .layers import SUPPORTED_MODULES, SparseLayer
+from .fused import BlockLayout
+from .layers import SUPPORTED_MODULES, SparseLayer, link_peers, oriented_shape
 from .methods import get_method
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,11 @@ def _model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
 
 
-def _fused_blocks(name: str, fused_modules: dict[str, int]) -> int:
-    return next((blocks for suffix, blocks in fused_modules.items() if matches_target(name, [suffix])), 1)
+def _layout(name: str, base: nn.Module, config: PSTConfig, model: nn.Module) -> BlockLayout | int:
+    """How the module's output rows split into fused blocks (1: not fused)."""
+    spec = next((spec for suffix, spec in config.fused_modules.items() if matches_target(name, [suffix])), 1)
+    out_features, _ = oriented_shape(base)
+    return BlockLayout.from_spec(spec, out_features, getattr(model, "config", None))
 
 
 def find_targets(model: nn.Module, config: PSTConfig) -> list[str]:
@@ -76,11 +80,18 @@ def sparsify(model: nn.Module, config: PSTConfig | None = None) -> nn.Module:
     spec = get_method(config.method)
     targets = find_targets(model, resolved)
     if spec.wraps_modules:
+        layers = []
         for name in targets:
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             base = getattr(parent, child_name)
-            setattr(parent, child_name, SparseLayer(base, resolved, _fused_blocks(name, resolved.fused_modules)))
+            try:
+                layer = SparseLayer(base, resolved, _layout(name, base, resolved, model))
+            except ValueError as error:
+                raise ValueError(f"cannot sparsify {name}: {error}") from None
+            setattr(parent, child_name, layer)
+            layers.append(layer)
+        link_peers(layers)
     _set_trainable(model, resolved)
     setattr(model, CONFIG_ATTRIBUTE, resolved)
     logger.info("sparsified %d modules with method %s", len(targets), config.method)
@@ -107,6 +118,16 @@ def set_sparsity(model: nn.Module, sparsity: float) -> None:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     for _, layer in sparse_layers(model):
         layer.sparsity = float(sparsity)
+
+
+def invalidate_masks(model: nn.Module) -> None:
+    """Make every sparse layer rebuild its mask at its next forward.
+
+    Masks follow optimizer steps, ``load_state_dict`` and in-place edits on their own; call
+    this only after changing parameters in a way torch does not track (through ``.data``).
+    """
+    for _, layer in sparse_layers(model):
+        layer.invalidate()
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,51 @@
 """A slow, obviously-correct autograd implementation of the PST equations (shared/PAPER.md).
 
-Everything is written out per block with plain tensor ops and a full stable sort, and the
-straight-through estimator is the usual M + (S - S.detach()) trick; the fast layer must
-agree with it to float64 precision.
+Everything is written out per block with plain tensor ops, explicit row lists and a full
+stable sort, and the straight-through estimator is the usual M + (S - S.detach()) trick; the
+fast layer must agree with it to float64 precision.
 """
 import math
 
 import torch
 
 
-def reference_mask(score_block: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Zeros at the floor(p * numel) smallest entries; ties pruned lowest index first."""
+def block_rows(sizes, repeats, block):
+    """Row numbers of block ``block``: in each of ``repeats`` repetitions of the ``sizes`` pattern."""
+    period, start = sum(sizes), sum(sizes[:block])
+    return torch.tensor([r * period + start + t for r in range(repeats) for t in range(sizes[block])])
+
+
+def reference_mask(score_block, sparsity, pattern=None):
+    """Zeros at the floor(p * numel) smallest entries; ties pruned lowest index first.
+
+    With an N:M pattern only the M - N lowest-scored entries of every M consecutive ones are
+    candidates (ties: lowest index first), and the lowest-scored candidates are pruned.
+    """
     flat = score_block.detach().flatten()
     prune = math.floor(sparsity * flat.numel() + 1e-6)
-    order = torch.sort(flat, stable=True).indices
+    candidates = torch.arange(flat.numel())
+    if pattern is not None:
+        kept, group = pattern
+        chosen = []
+        for start in range(0, flat.numel(), group):
+            order = torch.sort(flat[start : start + group], stable=True).indices
+            chosen += [start + int(i) for i in order[: group - kept]]
+        candidates = torch.tensor(sorted(chosen))
+        prune = min(prune, len(candidates))
+    order = torch.sort(flat[candidates], stable=True).indices
     mask = torch.ones_like(flat)
-    mask[order[:prune]] = 0
+    mask[candidates[order[:prune]]] = 0
     return mask.view_as(score_block)
 
 
 def reference_output(x, layer, params):
     """y for a SparseLayer's settings, with ``params`` (name -> leaf tensor) in output x input form."""
-    blocks = layer.blocks
+    sizes, repeats = layer.layout.sizes, layer.layout.repeats
+    blocks = len(sizes)
     W = params["weight_oi"]
-    n_b = W.shape[0] // blocks
-    effective_blocks = []
+    effective = torch.zeros_like(W)
     for b in range(blocks):
-        rows = slice(b * n_b, (b + 1) * n_b)
+        rows = block_rows(sizes, repeats, b)
         W_b = W[rows]
         if layer.U is not None:
             V_b = params["V"][b] if blocks > 1 else params["V"]
@@ -43,11 +62,10 @@ def reference_output(x, layer, params):
         if layer.scores is not None:
             S = S + params["scores"][rows]
         if layer.spec.prunes:
-            M = reference_mask(S, layer.sparsity)
+            M = reference_mask(S, layer.sparsity, layer.pattern)
             M = M + (S - S.detach())  # straight-through: dL/dS = dL/dM
             W_b = M * W_b
-        effective_blocks.append(W_b)
-    effective = torch.cat(effective_blocks)
+        effective = effective.index_copy(0, rows, W_b)
     y = x @ effective.t()
     if params.get("bias") is not None:
         y = y + params["bias"]

@@ -7,7 +7,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from pst import PSTConfig, SparseLayer
-from reference import reference_output
+from pst.fused import BlockLayout
+from reference import block_rows, reference_mask, reference_output
 
 SPARSITIES = [0.0, 0.5, 0.9, 0.99]
 METHODS = ["pst", "magnitude", "movement", "lora"]
@@ -78,6 +79,38 @@ def test_fused_blocks_match_reference(kind, sparsity):
     layer = make_layer(kind, 3 * 8, 10, blocks=3)
     layer.sparsity = sparsity
     check_against_reference(layer, batch_shape=(5,))
+
+
+# q 16 rows with k, v 4 rows each (grouped-query attention); per-head interleaved q, k, v (GPT-NeoX);
+# interleaved unequal blocks (a multi-query layout: 4 heads of q per k and v head).
+LAYOUTS = [BlockLayout((16, 4, 4)), BlockLayout((2, 2, 2), repeats=4), BlockLayout((4, 1, 1), repeats=4)]
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["unequal", "interleaved", "interleaved-unequal"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.9])
+def test_unequal_and_interleaved_blocks_match_reference(kind, layout, method, sparsity):
+    layer = make_layer(kind, 24, 12, method=method, blocks=layout)
+    layer.sparsity = sparsity
+    check_against_reference(layer, batch_shape=(5,))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["unequal", "interleaved", "interleaved-unequal"])
+def test_each_block_mask_is_the_top_k_of_its_own_score(layout):
+    layer = make_layer("linear", 24, 12, blocks=layout)
+    layer.sparsity = 0.6
+    kept, score = layer.effective_weight() != 0, layer.score()
+    for block in range(layout.num_blocks):
+        rows = block_rows(layout.sizes, layout.repeats, block)
+        assert torch.equal(kept[rows], reference_mask(score[rows], 0.6).bool())
+        assert int((~kept[rows]).sum()) == math.floor(0.6 * len(rows) * 12 + 1e-6)
+
+
+def test_fused_blocks_have_their_own_v_b_c_and_per_row_u_a_r():
+    layer = make_layer("linear", 24, 12, blocks=LAYOUTS[0])
+    assert layer.V.shape == (3, 8, 12) and layer.B.shape == (3, 8, 12) and layer.C.shape == (3, 12)
+    assert layer.U.shape == (24, 8) and layer.A.shape == (24, 8) and layer.R.shape == (24,)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +185,20 @@ def test_initialisation_starts_as_magnitude_pruning():
     kept = layer.effective_weight() != 0
     threshold = layer.weight.abs().flatten().kthvalue(600).values
     assert torch.equal(kept, layer.weight.abs() > threshold)
+
+
+def test_layout_must_cover_the_rows():
+    with pytest.raises(ValueError, match="covers 12 rows, the module has 24"):
+        SparseLayer(nn.Linear(4, 24), PSTConfig(), blocks=BlockLayout((4, 8)))
+    with pytest.raises(ValueError, match="cannot be split into 5 fused blocks"):
+        SparseLayer(nn.Linear(4, 24), PSTConfig(), blocks=5)
+
+
+def test_score_is_what_the_mask_is_selected_from():
+    layer = make_layer("conv1d", 12, 10, method="movement")
+    torch.testing.assert_close(layer.score(), layer.scores.detach())
+    with pytest.raises(ValueError, match="no score term"):
+        make_layer("linear", 4, 4, method="lora").score()
 
 
 def test_unsupported_module_is_rejected():

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pst.masking import keep_mask, kth_smallest, num_pruned
+from pst.masking import keep_mask, nm_candidates, num_pruned, parse_pattern, validate_sparsity
 
 
 def sorted_keep_mask(row: torch.Tensor, prune: int) -> torch.Tensor:
@@ -47,7 +47,7 @@ def test_fast_selection_does_not_touch_the_global_random_stream():
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    kth_smallest(torch.randn(100_000, generator=torch.Generator().manual_seed(1)), 50_000)
+    keep_mask(torch.randn(1, 100_000, generator=torch.Generator().manual_seed(1)), 50_000)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -71,3 +71,87 @@ def test_num_pruned_is_robust_to_float_noise():
     assert num_pruned(0.29, 100) == 29
     assert num_pruned(0.9, 768 * 768) == math.floor(0.9 * 768 * 768)
     assert num_pruned(0.0, 10) == 0
+
+
+# -- the sync-free strategy (accelerators) gives the CPU strategy's masks, bit for bit ---------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(st.integers(-3, 3), min_size=1, max_size=60),
+    fraction=st.floats(0, 1),
+    blocks=st.sampled_from([1, 2, 3]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+)
+def test_topk_strategy_equals_kthvalue_strategy_with_ties(values, fraction, blocks, dtype):
+    scores = torch.tensor(values, dtype=dtype).repeat(blocks, 1)
+    scores[1:] = scores[1:].flip(1) if blocks > 1 else scores[1:]  # different rows, same tie structure
+    prune = math.floor(fraction * scores.shape[1])
+    assert torch.equal(keep_mask(scores, prune, strategy="topk"), keep_mask(scores, prune, strategy="kthvalue"))
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9, 0.99])
+def test_topk_strategy_on_stacked_matrices_with_quantised_scores(sparsity):
+    torch.manual_seed(0)
+    scores = torch.randn(6, 100_000).to(torch.bfloat16)  # bf16: ties everywhere, the bracketed path on CPU
+    prune = num_pruned(sparsity, scores.shape[1])
+    topk = keep_mask(scores, prune, strategy="topk")
+    assert torch.equal(topk, keep_mask(scores, prune, strategy="kthvalue"))
+    assert ((~topk).sum(dim=1) == prune).all()
+    assert torch.equal(topk[2], sorted_keep_mask(scores[2].float(), prune))
+
+
+def test_unknown_strategy_is_rejected():
+    with pytest.raises(ValueError, match="unknown selection strategy"):
+        keep_mask(torch.zeros(1, 4), 1, strategy="sort")
+
+
+# -- N:M ---------------------------------------------------------------------------------------
+
+
+def test_nm_candidates_are_the_lowest_of_each_group_ties_first_by_index():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0, 5.0, 5.0, 5.0, 0.0]])
+    assert nm_candidates(scores, 2, 4).tolist() == [[False, True, False, True, True, False, False, True]]
+    assert nm_candidates(scores, 3, 4).tolist() == [[False, True, False, False, False, False, False, True]]
+
+
+@pytest.mark.parametrize("strategy", ["kthvalue", "topk"])
+def test_nm_mask_ramps_with_exact_counts_and_ends_with_m_minus_n_zeros_per_group(strategy):
+    torch.manual_seed(0)
+    scores = torch.randn(3, 4096)
+    for sparsity in (0.0, 0.1, 0.25, 0.4, 0.5):
+        prune = num_pruned(sparsity, 4096)
+        keep = keep_mask(scores, prune, pattern=(2, 4), strategy=strategy)
+        assert ((~keep).sum(dim=1) == prune).all()
+        assert ((~keep).view(3, -1, 4).sum(dim=2) <= 2).all()
+    assert ((~keep).view(3, -1, 4).sum(dim=2) == 2).all()
+
+
+def test_nm_mask_prunes_the_lowest_candidates():
+    torch.manual_seed(1)
+    scores = torch.randn(1, 64)
+    keep = keep_mask(scores, 10, pattern=(1, 4))
+    candidate = nm_candidates(scores, 1, 4)
+    pruned_scores = scores[~keep]
+    other_candidates = scores[candidate & keep]
+    assert candidate[~keep].all() and pruned_scores.max() <= other_candidates.min()
+
+
+@pytest.mark.parametrize(("text", "parsed"), [("unstructured", None), ("2:4", (2, 4)), (" 1 : 8 ", (1, 8))])
+def test_parse_pattern(text, parsed):
+    assert parse_pattern(text) == parsed
+
+
+@pytest.mark.parametrize(("text", "message"), [("2-4", "'unstructured' or 'N:M'"), ("4:4", "0 < N < M"),
+                                               ("0:4", "0 < N < M"), ("5:4", "0 < N < M")])
+def test_bad_patterns_are_rejected(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_pattern(text)
+
+
+def test_sparsity_beyond_the_pattern_is_rejected():
+    validate_sparsity(0.5, (2, 4))
+    with pytest.raises(ValueError, match=r"pattern 2:4 prunes at most 50%; got sparsity=0.9"):
+        validate_sparsity(0.9, (2, 4))
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        validate_sparsity(1.0, None)

@@ -131,3 +131,66 @@ def test_a_training_step_changes_only_trainable_parameters(tiny_model, token_bat
     for name, p in model.named_parameters():
         changed = not torch.equal(before[name], p.detach())
         assert changed == p.requires_grad, name
+
+
+def _tiny_phi3():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    return Phi3ForCausalLM(Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+
+
+def _tiny_neox():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4))
+
+
+def _check_blocks(layer, block_rows, sparsity):
+    """Each block's mask is exactly the top-k of that block's own score."""
+    kept, score = layer.effective_weight() != 0, layer.score()
+    for rows in block_rows:
+        expected_pruned = int(sparsity * len(rows) * layer.in_features + 1e-6)
+        threshold = score[rows].flatten().kthvalue(expected_pruned).values
+        assert int((~kept[rows]).sum()) == expected_pruned
+        assert torch.equal(kept[rows], score[rows] > threshold)
+
+
+def test_grouped_query_qkv_and_gate_up_of_phi3_split_by_config_attributes(token_batch):
+    config = PSTConfig(target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"], fused_modules={
+        "qkv_proj": ["num_attention_heads", "num_key_value_heads", "num_key_value_heads"], "gate_up_proj": 2})
+    model = pst.sparsify(_tiny_phi3(), config)
+    pst.set_sparsity(model, 0.6)
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attention.qkv_proj.layout.sizes == (32, 16, 16) and mlp.gate_up_proj.layout.sizes == (64, 64)
+    assert attention.qkv_proj.V.shape == (3, 8, 32) and attention.qkv_proj.U.shape == (64, 8)
+    _check_blocks(attention.qkv_proj, [torch.arange(0, 32), torch.arange(32, 48), torch.arange(48, 64)], 0.6)
+    _check_blocks(mlp.gate_up_proj, [torch.arange(0, 64), torch.arange(64, 128)], 0.6)
+    model(**token_batch, labels=token_batch["input_ids"]).loss.backward()
+    assert attention.qkv_proj.C.grad.shape == (3, 32)
+
+
+def test_per_head_interleaved_qkv_of_gpt_neox(token_batch):
+    spec = {"blocks": 3, "interleave": "num_attention_heads"}
+    config = PSTConfig(target_modules=["query_key_value", "dense"], fused_modules={"query_key_value": spec})
+    model = pst.sparsify(_tiny_neox(), config)
+    pst.set_sparsity(model, 0.7)
+    layer = model.gpt_neox.layers[1].attention.query_key_value
+    assert layer.layout.sizes == (8, 8, 8) and layer.layout.repeats == 4
+    # GPT-NeoX views the output as (heads, 3 * head_dim) and splits the last axis into q, k, v.
+    heads = torch.arange(96).view(4, 3, 8)
+    _check_blocks(layer, [heads[:, j].flatten() for j in range(3)], 0.7)
+    model(**token_batch, labels=token_batch["input_ids"]).loss.backward()
+    assert layer.V.grad.shape == (3, 8, 32)
+
+
+def test_fused_spec_errors_name_the_module():
+    config = PSTConfig(target_modules=["qkv_proj"], fused_modules={"qkv_proj": ["num_attention_heads", "num_kv"]})
+    with pytest.raises(ValueError, match=r"cannot sparsify model.layers.0.self_attn.qkv_proj: .*'num_kv' must name"):
+        pst.sparsify(_tiny_phi3(), config)
+    with pytest.raises(ValueError, match=r"query_key_value: 96 output rows cannot be split into 5 interleaved"):
+        pst.sparsify(_tiny_neox(), PSTConfig(target_modules=["query_key_value"],
+                                             fused_modules={"query_key_value": {"blocks": 3, "interleave": 5}}))
