@@ -6,8 +6,11 @@ import re
 from dataclasses import dataclass
 
 from .fused import validate_spec
-from .masking import UNSTRUCTURED, parse_pattern, validate_sparsity
+from .masking import UNSTRUCTURED, max_sparsity, parse_pattern, validate_sparsity
 from .methods import get_method
+
+#: The paper's target sparsity, the default of an unstructured pattern.
+DEFAULT_SPARSITY = 0.9
 
 #: Every nn.Linear inside the encoder (Q, K, V, attention output, FFN in and out);
 #: never embeddings, pooler or classifier.
@@ -87,7 +90,8 @@ class PSTConfig:
     #: "lora" (low-rank update, no pruning), "dense" (full fine-tuning, no pruning). See ``pst.methods``.
     method: str = "pst"
     #: Target sparsity p_T in [0, 1): the fraction of each matrix's weights zeroed at the end.
-    sparsity: float = 0.9
+    #: ``None``: the paper's 0.9 for the unstructured pattern, 1 - N/M for an N:M pattern.
+    sparsity: float | None = None
     #: Sparsity pattern of M: "unstructured" (the paper's), or "N:M" (e.g. "2:4") to keep N of
     #: every M consecutive weights along the input dimension, chosen by the same score S.
     #: Along the schedule the M - N lowest-scored weights of each group are the candidates
@@ -139,6 +143,9 @@ class PSTConfig:
     initial_sparsity: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.sparsity is None:
+            pattern = parse_pattern(self.pattern)
+            self.sparsity = DEFAULT_SPARSITY if pattern is None else max_sparsity(pattern)
         self.validate()
 
     def validate(self) -> None:

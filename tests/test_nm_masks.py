@@ -74,7 +74,9 @@ def test_topk_strategy_gives_the_same_nm_masks(monkeypatch):
 
 def test_pattern_limits_are_checked_everywhere(tiny_model):
     with pytest.raises(ValueError, match=r"pattern 2:4 prunes at most 50%; got sparsity=0.9"):
-        PSTConfig(pattern="2:4")
+        PSTConfig(pattern="2:4", sparsity=0.9)
+    assert PSTConfig(pattern="2:4").sparsity == 0.5 and PSTConfig(pattern="1:4").sparsity == 0.75
+    assert PSTConfig().sparsity == 0.9  # the paper's, for the unstructured pattern
     with pytest.raises(ValueError, match=r"prunes at most 50%; got initial_sparsity=0.6"):
         PSTConfig(pattern="2:4", sparsity=0.5, initial_sparsity=0.6)
     with pytest.raises(ValueError, match="'unstructured' or 'N:M'"):
