@@ -3,7 +3,7 @@
 
     python reproduce.py --all                      # smoke profile: tiny models, synthetic data, CPU, minutes
     python reproduce.py --all --profile paper      # the paper's models, data and grids (GPU machine)
-    python reproduce.py --only 03_glue_bert -p "tasks=['rte']"
+    python reproduce.py --only 04_glue_bert -p "tasks=['rte']"
     python reproduce.py --all --profile paper --shard 0/4   # this machine's quarter of the runs
     python reproduce.py --list | --dry-run [-v]
 
@@ -33,14 +33,14 @@ ROOT = Path(__file__).resolve().parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = (
     "01_quickstart",
-    "02_importance_scores",
-    "03_glue_bert",
-    "04_glue_roberta",
-    "05_nlg_gpt2",
-    "06_ablations",
-    "07_report",
+    "03_importance_scores",
+    "04_glue_bert",
+    "05_glue_roberta",
+    "06_nlg_gpt2",
+    "07_ablations",
+    "09_report",
 )
-ALWAYS_RERUN = {"07_report"}  # cheap, and it must see every record (other shards included)
+ALWAYS_RERUN = {"09_report"}  # cheap, and it must see every record (other shards included)
 #: Notebook parameters that this script's own flags set; ``-p`` cannot override them.
 FLAG_PARAMETERS = {"profile": "--profile", "out_dir": "--out", "shard": "--shard", "force": "--force",
                    "stale_records": "--rerun-stale / --keep-stale-records"}

@@ -45,15 +45,15 @@ def test_each_notebook_calls_its_plan_with_exactly_the_parameters_the_plan_takes
 
 
 def test_notebooks_that_train_nothing_have_no_plan():
-    assert profiles.plan("01_quickstart", "smoke") == {} and profiles.plan_parameters("07_report") == ()
-    assert _notebook_code("01_quickstart")[1] == [] and _notebook_code("07_report")[1] == []
+    assert profiles.plan("01_quickstart", "smoke") == {} and profiles.plan_parameters("09_report") == ()
+    assert _notebook_code("01_quickstart")[1] == [] and _notebook_code("09_report")[1] == []
 
 
 def test_a_plan_refuses_parameters_it_does_not_take():
     with pytest.raises(ValueError, match=r"takes no parameter\(s\) \['stepz'\]; it takes \['tasks', 'methods'\]"):
-        profiles.plan("03_glue_bert", "smoke", stepz=3)
+        profiles.plan("04_glue_bert", "smoke", stepz=3)
     with pytest.raises(ValueError, match="unknown profile"):
-        profiles.plan("03_glue_bert", "huge")
+        profiles.plan("04_glue_bert", "huge")
 
 
 def test_every_planned_experiment_has_a_place_in_the_report():
@@ -66,12 +66,12 @@ def test_runs_shared_by_experiments_are_one_run(profile, planned, distinct):
     plans = [profiles.plan(name, profile) for name in profiles.NOTEBOOK_PLANS]
     runs = [config.run_id for plan in plans for experiment in plan.values() for config in experiment.runs]
     assert (len(runs), len(set(runs))) == (planned, distinct)
-    glue_bert = {c.run_id for c in profiles.plan("03_glue_bert", profile)["glue-bert"].runs}
-    ablations = profiles.plan("06_ablations", profile)
+    glue_bert = {c.run_id for c in profiles.plan("04_glue_bert", profile)["glue-bert"].runs}
+    ablations = profiles.plan("07_ablations", profile)
     full_score = {c.run_id for c in ablations["ablation-score"].runs if not c.pst}
     ranks_8_8 = {c.run_id for c in ablations["ablation-rank"].runs if not c.pst}
     assert full_score and full_score == ranks_8_8 and full_score <= glue_bert
-    analysis = profiles.plan("02_importance_scores", profile)["analysis"]
+    analysis = profiles.plan("03_importance_scores", profile)["analysis"]
     assert analysis.save_scores and {c.run_id for c in analysis.runs} <= glue_bert
 
 
@@ -94,7 +94,7 @@ def _record(results: Path, config, **fields) -> Path:
 
 @pytest.fixture
 def plans():
-    names = ("02_importance_scores", "03_glue_bert", "06_ablations")
+    names = ("03_importance_scores", "04_glue_bert", "07_ablations")
     return {name: profiles.plan(name, "smoke") for name in names}
 
 
@@ -104,13 +104,13 @@ def test_a_shared_run_is_planned_to_train_once(plans, tmp_path):
     assert len(trained) == len(set(trained)) == len({p.run_id for p in planned})
     later = [p for p in planned if p.status == "earlier"]
     assert later and all(p.action == "reuse" for p in later)
-    assert {p.notebook for p in later} == {"03_glue_bert", "06_ablations"}
+    assert {p.notebook for p in later} == {"04_glue_bert", "07_ablations"}
 
 
 def test_record_states_decide_the_plan_as_they_decide_the_runners(plans, tmp_path):
-    glue_bert = plans["03_glue_bert"]["glue-bert"].runs
+    glue_bert = plans["04_glue_bert"]["glue-bert"].runs
     done, broken, stale = glue_bert[3], glue_bert[4], glue_bert[5]
-    analysis = plans["02_importance_scores"]["analysis"].runs[0]
+    analysis = plans["03_importance_scores"]["analysis"].runs[0]
     _record(tmp_path, done)
     record_path(tmp_path, broken.run_id).write_text("{")
     _record(tmp_path, stale, code_fingerprint="0ld")
@@ -159,8 +159,8 @@ def fake_training(monkeypatch):
 
 def test_a_run_shared_by_experiments_trains_once_and_belongs_to_each(fake_training, tmp_path):
     workspace = Workspace.at(tmp_path)
-    plan = profiles.plan("06_ablations", "smoke")
-    glue_bert = profiles.plan("03_glue_bert", "smoke", tasks=["sst2"], methods=["pst"])["glue-bert"]
+    plan = profiles.plan("07_ablations", "smoke")
+    glue_bert = profiles.plan("04_glue_bert", "smoke", tasks=["sst2"], methods=["pst"])["glue-bert"]
     for experiment in (glue_bert, *plan.values()):
         experiment_runner.run_experiment(experiment, workspace)
     shared = glue_bert.runs[0].run_id
@@ -172,7 +172,7 @@ def test_a_run_shared_by_experiments_trains_once_and_belongs_to_each(fake_traini
 
 def test_force_in_a_session_redoes_a_shared_run_once(fake_training, tmp_path, monkeypatch):
     workspace = Workspace.at(tmp_path)
-    plan = profiles.plan("06_ablations", "smoke")
+    plan = profiles.plan("07_ablations", "smoke")
     for experiment in plan.values():
         for config in experiment.runs:
             _record(workspace.results, config, finished_at=1.0)  # finished before this session
@@ -184,7 +184,7 @@ def test_force_in_a_session_redoes_a_shared_run_once(fake_training, tmp_path, mo
 
 def test_records_of_other_code_stop_the_experiment_before_anything_trains(fake_training, tmp_path):
     workspace = Workspace.at(tmp_path)
-    experiment = profiles.plan("03_glue_bert", "smoke", tasks=["sst2"])["glue-bert"]
+    experiment = profiles.plan("04_glue_bert", "smoke", tasks=["sst2"])["glue-bert"]
     _record(workspace.results, experiment.runs[-1], code_fingerprint="0ld")
     with pytest.raises(StaleRecordsError, match=r"1 record\(s\) of experiment glue-bert were made by other code"):
         experiment_runner.run_experiment(experiment, workspace)

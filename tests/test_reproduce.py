@@ -55,7 +55,7 @@ def test_every_notebook_has_one_parameters_cell_with_the_common_parameters():
         declared = reproduce.notebook_parameters(name)
         assert {"profile", "out_dir", "shard", "force"} <= set(declared), name
         assert declared["profile"] == '"smoke"'
-        uses_records = name in profiles.NOTEBOOK_PLANS or name == "07_report"
+        uses_records = name in profiles.NOTEBOOK_PLANS or name == "09_report"
         assert ("stale_records" in declared) == uses_records and set(declared) >= set(profiles.plan_parameters(name))
 
 
@@ -69,8 +69,8 @@ def plan_line(output: str, notebook: str) -> tuple[int, int, int]:
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     result = run_cli("--all", "--dry-run", "--profile", "paper", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert plan_line(result.stdout, "03_glue_bert") == (216, 4, 212)  # 4 trained by the analysis notebook before
-    assert plan_line(result.stdout, "06_ablations") == (100, 12, 88)  # 12 shared with glue-bert
+    assert plan_line(result.stdout, "04_glue_bert") == (216, 4, 212)  # 4 trained by the analysis notebook before
+    assert plan_line(result.stdout, "07_ablations") == (100, 12, 88)  # 12 shared with glue-bert
     assert "distinct runs: 529 (24 asked for by more than one experiment); to train: 529" in result.stdout
     assert "GPU-hours" in result.stdout and code_fingerprint() in result.stdout
     assert not list(tmp_path.iterdir())
@@ -78,13 +78,13 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
 
 def test_dry_run_applies_the_parameters(tmp_path, cli):
     """-p reaches the same profile function the notebook calls: RTE only is 3 x 4 x 2 + 3 dense runs."""
-    result = cli("--only", "03_glue_bert", "--profile", "paper", "-p", "tasks=['rte']", "--dry-run",
+    result = cli("--only", "04_glue_bert", "--profile", "paper", "-p", "tasks=['rte']", "--dry-run",
                      "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert plan_line(result.stdout, "03_glue_bert") == (27, 0, 27)
-    listed = cli("--only", "03_glue_bert", "--profile", "paper", "-p", "tasks=['rte']", "-p",
+    assert plan_line(result.stdout, "04_glue_bert") == (27, 0, 27)
+    listed = cli("--only", "04_glue_bert", "--profile", "paper", "-p", "tasks=['rte']", "-p",
                      "methods=['pst']", "--dry-run", "-v", "--out", str(tmp_path))
-    expected = [c.run_id for c in profiles.plan("03_glue_bert", "paper", tasks=["rte"], methods=["pst"])["glue-bert"].runs]
+    expected = [c.run_id for c in profiles.plan("04_glue_bert", "paper", tasks=["rte"], methods=["pst"])["glue-bert"].runs]
     assert re.findall(r"redo\s+glue-bert\s+(\S+)", listed.stdout) == expected
 
 
@@ -94,9 +94,9 @@ def test_dry_run_applies_the_parameters(tmp_path, cli):
     (["--all", "-p", "novalue"], "key=value"),
     (["--only", "01_quickstart", "-p", "stepz=3"],
      "unknown parameter 'stepz': no selected notebook takes it. Their parameters: 01_quickstart: model, steps, sparsity"),
-    (["--only", "03_glue_bert", "-p", "profile=paper"], "parameter 'profile' is set with --profile"),
-    (["--only", "03_glue_bert", "-p", "tasks=['squad']", "--dry-run"], "unknown GLUE task 'squad'"),
-    (["--only", "03_glue_bert", "-p", "methods=5"], "error: 03_glue_bert: 'int' object is not iterable"),
+    (["--only", "04_glue_bert", "-p", "profile=paper"], "parameter 'profile' is set with --profile"),
+    (["--only", "04_glue_bert", "-p", "tasks=['squad']", "--dry-run"], "unknown GLUE task 'squad'"),
+    (["--only", "04_glue_bert", "-p", "methods=5"], "error: 04_glue_bert: 'int' object is not iterable"),
     (["--all", "--rerun-stale", "--keep-stale-records"], "not allowed with"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(args, message, tmp_path, cli):
@@ -106,13 +106,13 @@ def test_bad_arguments_are_refused_before_anything_runs(args, message, tmp_path,
 
 
 def test_a_parameter_goes_to_the_notebooks_that_take_it():
-    args = reproduce.parse_args(["--only", "03_glue_bert", "05_nlg_gpt2", "-p", "methods=['pst']", "-p",
+    args = reproduce.parse_args(["--only", "04_glue_bert", "06_nlg_gpt2", "-p", "methods=['pst']", "-p",
                                  "datasets=['e2e']"])
     common = reproduce.common_parameters(args, started=0.0)
-    assert reproduce.parameters_for("03_glue_bert", args, common)["methods"] == ["pst"]
-    assert "datasets" not in reproduce.parameters_for("03_glue_bert", args, common)
-    assert reproduce.parameters_for("05_nlg_gpt2", args, common)["datasets"] == ["e2e"]
-    forced = reproduce.parse_args(["--only", "03_glue_bert", "--force", "--rerun-stale"])
+    assert reproduce.parameters_for("04_glue_bert", args, common)["methods"] == ["pst"]
+    assert "datasets" not in reproduce.parameters_for("04_glue_bert", args, common)
+    assert reproduce.parameters_for("06_nlg_gpt2", args, common)["datasets"] == ["e2e"]
+    forced = reproduce.parse_args(["--only", "04_glue_bert", "--force", "--rerun-stale"])
     assert reproduce.common_parameters(forced, started=123.0) | {"out_dir": "."} == {
         "profile": "smoke", "out_dir": ".", "shard": None, "force": 123.0, "stale_records": "rerun"}
 
@@ -120,7 +120,7 @@ def test_a_parameter_goes_to_the_notebooks_that_take_it():
 # -- records that are unreadable or made by other code -------------------------------------------
 
 def _planned_sst2_pst():
-    return profiles.plan("03_glue_bert", "smoke", tasks=["sst2"], methods=["pst"])["glue-bert"].runs[0]
+    return profiles.plan("04_glue_bert", "smoke", tasks=["sst2"], methods=["pst"])["glue-bert"].runs[0]
 
 
 def _write_fake_record(out: Path, config, **fields) -> Path:
@@ -134,14 +134,14 @@ def test_an_unreadable_record_is_planned_as_to_do_and_left_in_place_by_the_dry_r
     path = record_path(tmp_path / "results", _planned_sst2_pst().run_id)
     path.parent.mkdir(parents=True)
     path.write_text('{"run_id": ')
-    result = cli("--only", "03_glue_bert", "-p", "tasks=['sst2']", "-p", "methods=['pst']", "--dry-run",
+    result = cli("--only", "04_glue_bert", "-p", "tasks=['sst2']", "-p", "methods=['pst']", "--dry-run",
                      "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert plan_line(result.stdout, "03_glue_bert") == (1, 0, 1)
+    assert plan_line(result.stdout, "04_glue_bert") == (1, 0, 1)
     assert "1 unreadable: moved aside and redone" in result.stdout and path.read_text() == '{"run_id": '
 
 
-STALE_ARGS = ("--only", "03_glue_bert", "07_report", "-p", "tasks=['sst2']", "-p", "methods=['pst']")
+STALE_ARGS = ("--only", "04_glue_bert", "09_report", "-p", "tasks=['sst2']", "-p", "methods=['pst']")
 
 
 def test_records_of_other_code_stop_everything_and_name_the_two_ways_on(tmp_path, cli):
@@ -150,7 +150,7 @@ def test_records_of_other_code_stop_everything_and_name_the_two_ways_on(tmp_path
         result = cli(*STALE_ARGS, *extra, "--out", str(tmp_path))
         assert result.returncode == reproduce.EXIT_STALE, result.stderr
         assert "1 made by other code: refused" in result.stdout
-        assert "1 planned record(s) were made by other code (03_glue_bert: 1)" in result.stderr
+        assert "1 planned record(s) were made by other code (04_glue_bert: 1)" in result.stderr
         assert "0123456789abcdef" in result.stderr and "Nothing was run" in result.stderr
         assert "--rerun-stale" in result.stderr and "--keep-stale-records" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no notebook ran: no executed/, no tables/
@@ -161,13 +161,13 @@ def test_records_of_other_code_are_kept_or_rerun_when_asked(tmp_path, cli):
     config = _planned_sst2_pst()
     _write_fake_record(tmp_path, config, code_fingerprint="0123456789abcdef")
     kept = cli(*STALE_ARGS, "--dry-run", "--keep-stale-records", "--out", str(tmp_path))
-    assert kept.returncode == 0 and plan_line(kept.stdout, "03_glue_bert") == (1, 1, 0)
+    assert kept.returncode == 0 and plan_line(kept.stdout, "04_glue_bert") == (1, 1, 0)
     assert "1 kept although made by other code" in kept.stdout
     rerun = cli(*STALE_ARGS, "--dry-run", "--rerun-stale", "--out", str(tmp_path))
-    assert rerun.returncode == 0 and plan_line(rerun.stdout, "03_glue_bert") == (1, 0, 1)
+    assert rerun.returncode == 0 and plan_line(rerun.stdout, "04_glue_bert") == (1, 0, 1)
     assert "1 made by other code" in rerun.stdout
     forced = cli(*STALE_ARGS[:-4], "-p", "tasks=['sst2']", "--dry-run", "--force", "--out", str(tmp_path))
-    assert forced.returncode == 0 and plan_line(forced.stdout, "03_glue_bert")[2] == 4  # every run redone
+    assert forced.returncode == 0 and plan_line(forced.stdout, "04_glue_bert")[2] == 4  # every run redone
 
 
 def test_a_notebook_with_a_run_to_redo_is_not_skipped(tmp_path, monkeypatch):
@@ -175,13 +175,13 @@ def test_a_notebook_with_a_run_to_redo_is_not_skipped(tmp_path, monkeypatch):
     and nothing left to train: a record lost since then (moved aside, deleted) brings it back."""
     executed = []
     monkeypatch.setattr(reproduce, "execute", lambda name, *rest: executed.append(name))
-    args = ["--only", "03_glue_bert", "-p", "tasks=['sst2']", "-p", "methods=['pst']", "--out", str(tmp_path)]
+    args = ["--only", "04_glue_bert", "-p", "tasks=['sst2']", "-p", "methods=['pst']", "--out", str(tmp_path)]
     config = _planned_sst2_pst()
     path = _write_fake_record(tmp_path, config)
-    assert reproduce.main(args) == 0 and executed == ["03_glue_bert"]  # first time: no earlier success
-    assert reproduce.main(args) == 0 and executed == ["03_glue_bert"]  # done, same everything: skipped
+    assert reproduce.main(args) == 0 and executed == ["04_glue_bert"]  # first time: no earlier success
+    assert reproduce.main(args) == 0 and executed == ["04_glue_bert"]  # done, same everything: skipped
     path.unlink()
-    assert reproduce.main(args) == 0 and executed == ["03_glue_bert"] * 2
+    assert reproduce.main(args) == 0 and executed == ["04_glue_bert"] * 2
 
 
 def test_parameters_are_parsed_as_literals():
@@ -297,7 +297,7 @@ def test_second_run_skips_finished_work(smoke_output):
 @pytest.mark.slow
 def test_the_dry_run_plan_is_what_the_real_run_executes(tmp_path):
     """With -p: the runs the dry run lists are exactly those the notebook then trains and notes."""
-    args = ("--only", "03_glue_bert", "-p", "tasks=['rte']", "-p", "methods=['magnitude', 'dense']",
+    args = ("--only", "04_glue_bert", "-p", "tasks=['rte']", "-p", "methods=['magnitude', 'dense']",
             "--out", str(tmp_path))
     dry = run_cli(*args, "--dry-run", "-v")
     assert dry.returncode == 0, dry.stderr
@@ -306,7 +306,7 @@ def test_the_dry_run_plan_is_what_the_real_run_executes(tmp_path):
     real = run_cli(*args, timeout=900)
     assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-3000:]
     assert memberships(tmp_path / "results") == {"glue-bert": sorted(planned)}
-    for config in profiles.plan("03_glue_bert", "smoke", tasks=["rte"], methods=["magnitude", "dense"])["glue-bert"].runs:
+    for config in profiles.plan("04_glue_bert", "smoke", tasks=["rte"], methods=["magnitude", "dense"])["glue-bert"].runs:
         assert run_state(run_paths(config, tmp_path / "results", tmp_path / "work")).status == "done"
     again = run_cli(*args, "--dry-run")
-    assert plan_line(again.stdout, "03_glue_bert") == (2, 2, 0)
+    assert plan_line(again.stdout, "04_glue_bert") == (2, 2, 0)

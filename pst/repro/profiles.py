@@ -221,11 +221,11 @@ def _plan_ablations(profile: str) -> list[Experiment]:
 
 
 NOTEBOOK_PLANS: dict[str, Callable[..., list[Experiment]]] = {
-    "02_importance_scores": _plan_importance_scores,
-    "03_glue_bert": _plan_glue_bert,
-    "04_glue_roberta": _plan_glue_roberta,
-    "05_nlg_gpt2": _plan_nlg_gpt2,
-    "06_ablations": _plan_ablations,
+    "03_importance_scores": _plan_importance_scores,
+    "04_glue_bert": _plan_glue_bert,
+    "05_glue_roberta": _plan_glue_roberta,
+    "06_nlg_gpt2": _plan_nlg_gpt2,
+    "07_ablations": _plan_ablations,
 }
 
 
