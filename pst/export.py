@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import PSTConfig
 from .layers import SUPPORTED_MODULES
-from .surgery import CONFIG_ATTRIBUTE, matches_target, sparse_layers
+from .surgery import CONFIG_ATTRIBUTE, TRAINABLE_BEFORE_ATTRIBUTE, matches_target, replace_module, sparse_layers
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +26,18 @@ def merge(model: nn.Module) -> nn.Module:
     """Bake M * W' into every sparse layer's weight and drop every PST parameter, in place.
 
     The result is a plain transformers model: ``save_pretrained`` writes a checkpoint that
-    ``AutoModel*.from_pretrained`` loads with no ``pst`` installed.
+    ``AutoModel*.from_pretrained`` loads with no ``pst`` installed. Every parameter gets back
+    the ``requires_grad`` flag it had before ``sparsify`` froze the pre-trained weights.
     """
     layers = list(sparse_layers(model))
     for name, layer in layers:
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child_name, layer.to_plain_module())
-    if hasattr(model, CONFIG_ATTRIBUTE):
-        delattr(model, CONFIG_ATTRIBUTE)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
+        replace_module(model, name, layer.to_plain_module())
+    trainable_before = getattr(model, TRAINABLE_BEFORE_ATTRIBUTE, {})
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(trainable_before.get(name, parameter.requires_grad))
+    for attribute in (CONFIG_ATTRIBUTE, TRAINABLE_BEFORE_ATTRIBUTE):
+        if hasattr(model, attribute):
+            delattr(model, attribute)
     logger.info("merged %d sparse layers", len(layers))
     return model
 
@@ -86,7 +87,7 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | str | None = N
 
 
 def save_compressed(model: nn.Module, folder: str | Path, min_sparsity: float = 0.5) -> Path:
-    """Save a merged (or wrapped, merged on a copy of the weights) model with sparse matrices packed.
+    """Save a plain (merged) model with its sparse matrices packed; a wrapped model is refused.
 
     A matrix with at least ``min_sparsity`` zeros is stored as its non-zero values plus a
     bitmask (1 bit per entry); everything else is stored dense. At 90% sparsity a packed

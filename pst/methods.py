@@ -25,6 +25,9 @@ class MethodSpec:
     full_score: bool  # a trainable score matrix as large as W (movement pruning)
     needs_data: bool  # the criterion is learned from the task's data (Table 1 of the paper)
     criterion: str  # how the paper writes the score
+    display_name: str  # the paper's name, in tables and figures
+    color: str  # one matplotlib colour and marker per method, the same in every figure
+    marker: str
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -37,6 +40,7 @@ METHODS: dict[str, MethodSpec] = {
             magnitude_score=True, magnitude_score_grad=True, low_rank_score=True,
             structured_score=True, full_score=False, needs_data=True,
             criterion="|W'| + AB + R + C",
+            display_name="PST", color="tab:red", marker="o",
         ),
         MethodSpec(
             name="magnitude",
@@ -45,6 +49,7 @@ METHODS: dict[str, MethodSpec] = {
             magnitude_score=True, magnitude_score_grad=False, low_rank_score=False,
             structured_score=False, full_score=False, needs_data=False,
             criterion="|W|",
+            display_name="MaP", color="tab:blue", marker="s",
         ),
         MethodSpec(
             name="movement",
@@ -53,14 +58,7 @@ METHODS: dict[str, MethodSpec] = {
             magnitude_score=False, magnitude_score_grad=False, low_rank_score=False,
             structured_score=False, full_score=True, needs_data=True,
             criterion="-W * G (accumulated)",
-        ),
-        MethodSpec(
-            name="lora",
-            description="Low-rank adaptation without pruning (W' = W + beta U V)",
-            wraps_modules=True, trains_pretrained=False, low_rank_update=True, prunes=False,
-            magnitude_score=False, magnitude_score_grad=False, low_rank_score=False,
-            structured_score=False, full_score=False, needs_data=True,
-            criterion="none",
+            display_name="MvP", color="tab:green", marker="^",
         ),
         MethodSpec(
             name="dense",
@@ -69,6 +67,16 @@ METHODS: dict[str, MethodSpec] = {
             magnitude_score=False, magnitude_score_grad=False, low_rank_score=False,
             structured_score=False, full_score=False, needs_data=True,
             criterion="none",
+            display_name="Dense fine-tuning", color="tab:gray", marker="D",
+        ),
+        MethodSpec(
+            name="lora",
+            description="Low-rank adaptation without pruning (W' = W + beta U V)",
+            wraps_modules=True, trains_pretrained=False, low_rank_update=True, prunes=False,
+            magnitude_score=False, magnitude_score_grad=False, low_rank_score=False,
+            structured_score=False, full_score=False, needs_data=True,
+            criterion="none",
+            display_name="LoRA", color="tab:purple", marker="v",
         ),
     )
 }

@@ -16,6 +16,8 @@ from .methods import get_method
 logger = logging.getLogger(__name__)
 
 CONFIG_ATTRIBUTE = "pst_config"
+#: The ``requires_grad`` flag of every parameter before ``sparsify`` froze some, for ``merge``.
+TRAINABLE_BEFORE_ATTRIBUTE = "_pst_trainable_before"
 
 
 def sparse_layers(model: nn.Module) -> Iterator[tuple[str, SparseLayer]]:
@@ -23,6 +25,13 @@ def sparse_layers(model: nn.Module) -> Iterator[tuple[str, SparseLayer]]:
     for name, module in model.named_modules():
         if isinstance(module, SparseLayer):
             yield name, module
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in ``model`` where the submodule ``name`` is (``sparsify`` and ``merge`` swap layers so)."""
+    parent_name, _, child_name = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child_name, module)
 
 
 def matches_target(name: str, target_modules: list[str] | str) -> bool:
@@ -82,16 +91,15 @@ def sparsify(model: nn.Module, config: PSTConfig | None = None) -> nn.Module:
     if spec.wraps_modules:
         layers = []
         for name in targets:
-            parent_name, _, child_name = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            base = getattr(parent, child_name)
+            base = model.get_submodule(name)
             try:
                 layer = SparseLayer(base, resolved, _layout(name, base, resolved, model))
             except ValueError as error:
                 raise ValueError(f"cannot sparsify {name}: {error}") from None
-            setattr(parent, child_name, layer)
+            replace_module(model, name, layer)
             layers.append(layer)
         link_peers(layers)
+    setattr(model, TRAINABLE_BEFORE_ATTRIBUTE, {name: p.requires_grad for name, p in model.named_parameters()})
     _set_trainable(model, resolved)
     setattr(model, CONFIG_ATTRIBUTE, resolved)
     logger.info("sparsified %d modules with method %s", len(targets), config.method)

@@ -93,3 +93,16 @@ def test_compressed_save_refuses_a_wrapped_model(tiny_model, tmp_path):
 def test_load_compressed_names_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.sparse.safetensors"):
         pst.load_compressed(tmp_path)
+
+
+def test_merge_gives_back_the_trainable_flags_sparsify_took(tiny_model):
+    """PST freezes the pre-trained weights; merge must not leave them frozen, nor unfreeze what the user froze."""
+    model = tiny_model("bert")
+    frozen_by_user = "bert.embeddings.word_embeddings.weight"
+    model.get_parameter(frozen_by_user).requires_grad_(False)
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    pst.sparsify(model, PSTConfig(method="pst"))
+    assert not model.get_parameter("bert.encoder.layer.0.attention.self.query.weight").requires_grad
+    pst.merge(model)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    assert not before[frozen_by_user] and sum(before.values()) == len(before) - 1

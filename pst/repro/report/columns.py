@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+from ...methods import METHODS
 from ..glue_tasks import GLUE_TASKS, get_task
 from .records import get, is_number
 
@@ -18,21 +19,8 @@ logger = logging.getLogger(__name__)
 MISSING = "—"
 
 
-#: Row order of every table, and the names the paper uses.
-METHOD_ORDER = ("pst", "magnitude", "movement", "dense", "lora")
-
-
-# Display names and figure styles of the methods. They belong in ``pst.methods.MethodSpec``
-# (display_name, color, marker); until the core rewrite adds those fields, the report reads
-# them only through method_name() and method_style(), so moving them is a change there alone.
-_METHOD_NAMES = {"pst": "PST", "magnitude": "MaP", "movement": "MvP", "dense": "Dense fine-tuning", "lora": "LoRA"}
-_METHOD_STYLES = {
-    "pst": dict(color="tab:red", marker="o"),
-    "magnitude": dict(color="tab:blue", marker="s"),
-    "movement": dict(color="tab:green", marker="^"),
-    "dense": dict(color="tab:gray", marker="D"),
-    "lora": dict(color="tab:purple", marker="v"),
-}
+#: Row order of every table: the order of ``pst.METHODS``.
+METHOD_ORDER = tuple(METHODS)
 
 
 GLUE_ORDER = tuple(GLUE_TASKS)  # the paper's column order
@@ -115,12 +103,12 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
 
 def method_name(method: str) -> str:
     """The paper's name of a method (``magnitude`` -> ``MaP``); an unknown method keeps its own."""
-    return _METHOD_NAMES.get(method, method)
+    return METHODS[method].display_name if method in METHODS else method
 
 
 def method_style(method: str) -> dict:
     """One colour and marker per method, the same in every figure (matplotlib keywords)."""
-    return dict(_METHOD_STYLES.get(method, {}))
+    return dict(color=METHODS[method].color, marker=METHODS[method].marker) if method in METHODS else {}
 
 
 def task_name(task: str) -> str:
