@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     stale.add_argument("--keep-stale-records", action="store_true",
                        help="use records that other code made as they are (the plan says how many)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (runs, estimated cost) and exit")
+    parser.add_argument("--step-times", nargs="+", type=Path, metavar="FILE",
+                        help="benchmarks/train_step.py --json outputs measured on your GPU: the paper profile's cost "
+                             "is estimated from them instead of assumed rates")
     parser.add_argument("-v", "--verbose", action="store_true", help="with the plan, list every run and its fate")
     parser.add_argument("--shard", help="i/n: run only shard i (0-based) of n of the runs")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
@@ -141,7 +144,7 @@ def notebook_plan(name: str, args: argparse.Namespace, parameters: dict) -> dict
 
 def print_plan(planned: list, args: argparse.Namespace, common: dict) -> None:
     """Per notebook: distinct runs, done, to do (with why), kept or refused records of other code."""
-    from pst.repro import profiles
+    from pst.repro.cost import StepTimes, estimate
     from pst.repro.fingerprint import code_fingerprint
 
     reasons = {"missing": "new", "unreadable": "unreadable: moved aside and redone",
@@ -169,9 +172,8 @@ def print_plan(planned: list, args: argparse.Namespace, common: dict) -> None:
     todo = [p.config for p in planned if p.action == "redo"]
     distinct = {p.run_id for p in planned}
     asked = len({(p.experiment, p.run_id) for p in planned})
-    hours = profiles.estimated_gpu_hours(todo)
-    cost = (f"about {hours:,.0f} GPU-hours (assumed throughput, see pst.repro.profiles.ASSUMED_STEPS_PER_SECOND)"
-            if args.profile == "paper" else "minutes on a CPU")
+    cost = str(estimate(todo, StepTimes.read(args.step_times) if args.step_times else None)) \
+        if args.profile == "paper" else "minutes on a CPU"
     print(f"distinct runs: {len(distinct)} ({asked - len(distinct)} asked for by more than one experiment); "
           f"to train: {len(todo)}; estimated cost: {cost}")
 

@@ -220,3 +220,31 @@ def test_smoke_pst_learns_real_text_above_the_majority_class(task, tmp_path):
     metric, floor = REAL_FLOORS[task]
     assert record["main_metric"] == metric and record["selected"]["target_reached"]
     assert record["selected"]["value"] > floor, f"{task}: {metric} {record['selected']['value']:.3f} <= {floor:.3f}"
+
+
+def test_precision_is_checked_and_the_paper_profile_asks_for_bf16():
+    from pst.repro import profiles
+
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16'\], got 'fp16'"):
+        smoke_config("sst2", precision="fp16")
+    assert smoke_config("sst2").run_id != smoke_config("sst2", precision="bf16").run_id
+    assert {run.precision for run in profiles.glue_runs("paper", "bert", tasks=["rte"])} == {"bf16"}
+    assert {run.precision for run in profiles.nlg_runs("paper")} == {"bf16"}
+    assert {run.precision for run in profiles.glue_runs("smoke", "bert")} == {"fp32"}
+
+
+@pytest.mark.slow
+def test_a_bf16_run_trains_in_bf16_mixed_precision_and_says_so(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    seen = set()
+    original = pst.SparseLayer.forward
+
+    def spy(self, x):  # the autocast state the sparse layers run under, training and evaluating
+        seen.add((self.training, torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+        return original(self, x)
+
+    monkeypatch.setattr(pst.SparseLayer, "forward", spy)
+    record = run_glue(smoke_config("sst2", epochs=1, precision="bf16"), tmp_path / "results", tmp_path / "work")
+    assert record["precision"] == "bf16" and record["config"]["precision"] == "bf16"
+    assert (True, torch.bfloat16) in seen and (True, False) not in seen
+    assert all(value == pytest.approx(0.9, abs=1e-3) for value in record["measured_sparsity"].values())

@@ -16,6 +16,10 @@ import pst
 from .glue_tasks import get_task
 from .results import run_id
 
+#: Training precisions a run may ask for: fp32, or bf16 mixed precision (autocast; fp32 weights
+#: and optimizer state), which the paper profile uses on GPUs that support it.
+PRECISIONS = ("fp32", "bf16")
+
 #: ``PSTConfig`` defaults that a run's ``pst`` overrides may change (method and sparsity
 #: are fields of the run itself).
 _PST_DEFAULTS = {f.name: f.default for f in dataclasses.fields(pst.PSTConfig) if f.name not in ("method", "sparsity")}
@@ -34,6 +38,8 @@ class _RunConfig:
                              "(method and sparsity are fields of the run config)")
         object.__setattr__(self, "pst", {k: v for k, v in sorted(self.pst.items()) if v != _PST_DEFAULTS[k]})
         pst.get_method(self.method)  # fail at planning time, naming the known methods
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
 
     def pst_config(self) -> pst.PSTConfig:
         """The run's ``PSTConfig``: its method and sparsity plus the ``pst`` overrides."""
@@ -66,6 +72,7 @@ class GlueRunConfig(_RunConfig):
     eval_batch_size: int = 128
     weight_decay: float = 0.0
     warmup_steps: float = 0  # an int counts steps, a float in [0, 1) is a fraction of training
+    precision: str = "fp32"  # fp32 | bf16 (mixed); the record says which one ran
     pst: dict = field(default_factory=dict)  # PSTConfig overrides: ranks, ablation switches, ...
 
     def __post_init__(self) -> None:
@@ -102,6 +109,7 @@ class NlgRunConfig(_RunConfig):
     no_repeat_ngram_size: int = 4
     max_new_tokens: int = 64
     decode_batch_size: int = 16
+    precision: str = "fp32"  # fp32 | bf16 (mixed); the record says which one ran
     pst: dict = field(default_factory=dict)
 
 

@@ -28,9 +28,20 @@ CHECKPOINT_FINGERPRINT = "code_fingerprint"
 logger = logging.getLogger(__name__)
 
 
+def precision_used(config: Any) -> str:
+    """The precision the run trains in: bf16 mixed precision where asked for and the device has
+    it (every CPU, CUDA GPUs from Ampere on), else fp32, with a warning saying so."""
+    if config.precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        logger.warning("%s asks for bf16, which %s does not support: training in fp32",
+                       config.run_id, torch.cuda.get_device_name())
+        return "fp32"
+    return config.precision
+
+
 def training_arguments(config: Any, output_dir: Path, **specific: Any) -> TrainingArguments:
     """What every run's Trainer shares: AdamW with a linear schedule, a checkpoint per epoch
-    (the last one only) to resume from, no external loggers; ``specific`` adds the rest."""
+    (the last one only) to resume from, no external loggers, the run's precision; ``specific``
+    adds the rest."""
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -47,6 +58,7 @@ def training_arguments(config: Any, output_dir: Path, **specific: Any) -> Traini
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        bf16=precision_used(config) == "bf16",
         **specific,
     )
 
@@ -60,6 +72,7 @@ def model_summary(model: torch.nn.Module, config: Any) -> dict:
     counts = surgery.trainable_parameters(model)
     return {
         "model_name": config.model,
+        "precision": precision_used(config),
         "pst_config": getattr(model, surgery.CONFIG_ATTRIBUTE).to_dict(),  # resolved: the actual targets
         "measured_sparsity": {row["name"]: row["sparsity"] for row in report},
         "mean_sparsity": (sum(r["zeros"] for r in report) / sum(r["numel"] for r in report)) if report else 0.0,
