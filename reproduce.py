@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true", help="with the plan, list every run and its fate")
     parser.add_argument("--shard", help="i/n: run only shard i (0-based) of n of the runs")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("--update-notebooks", action="store_true",
+                        help="write each notebook that ran without error back over its source in notebooks/, with "
+                             "its outputs (smoke profile, no -p or --shard: the committed notebooks show that run)")
     args = parser.parse_args(argv)
     if args.list:
         return args
@@ -105,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parse_shard(args.shard)
         except ValueError as error:
             parser.error(str(error))
+    if args.update_notebooks and (args.profile != "smoke" or args.parameter or args.shard or args.dry_run):
+        parser.error("--update-notebooks writes the smoke run of the notebooks' own defaults: "
+                     "use it with --profile smoke and without -p, --shard or --dry-run")
     args.names = list(NOTEBOOKS) if args.all else list(args.only)
     args.declared = {name: notebook_parameters(name) for name in args.names}
     for key, _ in args.parameter:
@@ -212,12 +218,16 @@ def _save_state(out: Path, state: dict) -> None:
 
 
 def _fingerprint(name: str, parameters: dict) -> str:
-    """What a notebook's execution depends on: its source, its parameters and the package's code."""
-    from pst.repro.fingerprint import code_fingerprint
+    """What a notebook's execution depends on: its cells (not their outputs), its parameters and
+    the package's code."""
+    import nbformat
 
-    source = (NOTEBOOK_DIR / f"{name}.ipynb").read_bytes()
+    from pst.repro.fingerprint import code_fingerprint
+    from pst.repro.notebooks import source_digest
+
+    cells = source_digest(nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4))
     extra = json.dumps(parameters, sort_keys=True) + code_fingerprint()
-    return hashlib.sha256(source + extra.encode()).hexdigest()[:16]
+    return hashlib.sha256((cells + extra).encode()).hexdigest()[:16]
 
 
 def execute(name: str, parameters: dict, out: Path, timeout: int | None) -> None:
@@ -229,6 +239,22 @@ def execute(name: str, parameters: dict, out: Path, timeout: int | None) -> None
         str(NOTEBOOK_DIR / f"{name}.ipynb"), str(output), parameters=parameters, cwd=str(NOTEBOOK_DIR),
         kernel_name="python3", progress_bar=False, log_output=False, execution_timeout=timeout,
     )
+
+
+def update_notebook(name: str, out: Path) -> None:
+    """Write the executed notebook back over its source, fit to commit (see pst.repro.notebooks)."""
+    import nbformat
+
+    from pst.repro.atomic import write_text_atomic
+    from pst.repro.notebooks import for_commit, problems
+
+    executed = nbformat.read(out / "executed" / f"{name}.ipynb", as_version=4)
+    notebook = for_commit(executed, {str(out): "../out", str(ROOT): "..", sys.prefix: "<python>"})
+    found = problems(notebook)
+    if found:
+        raise ValueError(f"{name} is not fit to commit: " + "; ".join(found[:3]))
+    write_text_atomic(NOTEBOOK_DIR / f"{name}.ipynb", nbformat.writes(notebook) + "\n")
+    logger.info("wrote %s back with its outputs", name)
 
 
 def describe_failure(name: str, error: Exception) -> str:
@@ -271,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         fingerprint = _fingerprint(name, parameters[name])
         done = state.get(name, {})
         trains = any(p.action == "redo" for p in planned if p.notebook == name)
-        if name not in ALWAYS_RERUN and not trains and done.get("fingerprint") == fingerprint and done.get("ok"):
+        if (name not in ALWAYS_RERUN and not trains and not args.update_notebooks
+                and done.get("fingerprint") == fingerprint and done.get("ok")):
             logger.info("[%d/%d] %s: finished earlier with the same parameters and code, nothing to train: skipped",
                         position, len(args.names), name)
             continue
@@ -287,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             logger.info("[%d/%d] %s done in %.0f s", position, len(args.names), name, time.time() - t0)
             state[name] = {"fingerprint": fingerprint, "ok": True, "seconds": round(time.time() - t0, 1)}
+            if args.update_notebooks:
+                try:
+                    update_notebook(name, out)
+                except ValueError as error:  # an output not fit to commit: the source stays as it was
+                    failures.append(str(error))
+                    logger.error("[%d/%d] %s", position, len(args.names), error)
         _save_state(out, state)
     logger.info("finished in %.0f s; outputs in %s", time.time() - started, out)
     if failures:
