@@ -44,7 +44,7 @@ def test_folder_holds_a_hub_like_checkpoint(tiny_folders: dict[str, Path], arch:
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == arch
-    expected_arch = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel"}[arch]
+    expected_arch = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel"}[arch]
     assert config["architectures"] == [expected_arch]
 
 
@@ -105,6 +105,14 @@ def test_encoder_weights_come_from_the_checkpoint(tiny_folders: dict[str, Path])
     model = load_model(folder, "sequence-classification", num_labels=2)
     key = "bert.encoder.layer.0.attention.self.query.weight"
     torch.testing.assert_close(model.state_dict()[key], saved[key])
+
+
+def test_only_the_classifier_is_fresh_when_bert_loads_for_classification(tiny_folders: dict[str, Path]) -> None:
+    """A hub BERT carries its pooler; so does the tiny one (tanh of [CLS]), or every load would draw another."""
+    first, second = (load_model(tiny_folders["bert"], "sequence-classification", num_labels=2) for _ in range(2))
+    differ = sorted(k for k, v in first.state_dict().items() if not torch.equal(v, second.state_dict()[k]))
+    assert differ == ["classifier.bias", "classifier.weight"] or differ == ["classifier.weight"]
+    torch.testing.assert_close(first.bert.pooler.dense.weight, torch.eye(first.config.hidden_size))
 
 
 def test_gpt2_causal_lm_and_pad_token(tiny_folders: dict[str, Path]) -> None:

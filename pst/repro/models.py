@@ -29,6 +29,7 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
+    BertForPreTraining,
     DataCollatorForLanguageModeling,
     BertTokenizer,
     GPT2Config,
@@ -49,7 +50,7 @@ TINY_ARCHS = ("bert", "roberta", "gpt2")
 #: Name of the file that marks a finished tiny-model folder; written last.
 MARKER_FILE = "pst_tiny_model.json"
 #: Bump when the tiny-model recipe changes, so stale folders are rebuilt.
-TINY_RECIPE_VERSION = 3
+TINY_RECIPE_VERSION = 4
 
 # Sizes of the tiny models: small enough for a laptop CPU, same layer types as
 # the real models so that sparsification touches the same modules.
@@ -170,9 +171,9 @@ def build_tiny_model(
 
     The folder loads with :func:`load_model` / :func:`load_tokenizer` exactly as
     a hub checkpoint does. The model is pre-trained for ``pretrain_steps`` on the
-    corpus (masked LM for bert/roberta, saved as ``*ForMaskedLM`` like the hub
-    checkpoints, so loading for classification adds a fresh head; causal LM for
-    gpt2). A folder that already holds a finished build with the same settings
+    corpus (masked LM for bert/roberta, saved as ``BertForPreTraining`` with an identity
+    pooler / ``RobertaForMaskedLM``, so loading for classification adds only a fresh head, as
+    with the hub checkpoints; causal LM for gpt2). A folder that already holds a finished build with the same settings
     is reused, not rebuilt.
     """
     if arch not in TINY_ARCHS:
@@ -195,6 +196,8 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = _MODEL_BUILDERS[arch](tokenizer)
         _pretrain(model, tokenizer, corpus, causal=arch == "gpt2", steps=pretrain_steps)
+        if arch == "bert":
+            model = _with_identity_pooler(model)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / MARKER_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
@@ -343,6 +346,24 @@ def _tiny_bert(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     return BertForMaskedLM(config)
+
+
+def _with_identity_pooler(model: BertForMaskedLM) -> BertForPreTraining:
+    """The pre-trained model with a pooler, which BERT's classifier reads and PST keeps frozen.
+
+    A hub BERT carries a pooler trained on next-sentence prediction. A masked-LM-only build
+    has none, so every load would draw a fresh random one: the same base model would differ
+    between loads (an adapter could not restore it) and PST would classify through a random
+    frozen projection. Identity weights make the pooler tanh of the [CLS] state instead.
+    """
+    full = BertForPreTraining(model.config)
+    missing, unexpected = full.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not name.startswith(("bert.pooler.", "cls.seq_relationship.")) for name in missing):
+        raise RuntimeError(f"the masked-LM weights do not fit BertForPreTraining: {missing} {unexpected}")
+    with torch.no_grad():
+        full.bert.pooler.dense.weight.copy_(torch.eye(model.config.hidden_size))
+        full.bert.pooler.dense.bias.zero_()
+    return full
 
 
 def _tiny_roberta(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
