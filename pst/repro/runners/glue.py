@@ -21,7 +21,15 @@ from ..data.glue import get_task, load_glue, tokenize_glue
 from ..metrics.glue import MAIN_METRIC, make_compute_metrics
 from ..models import load_model, load_tokenizer
 from ..runstate import SCORES_SUFFIX, run_paths
-from .lifecycle import finish_run, model_summary, resume_point, reusable_record, training_arguments
+from .lifecycle import (
+    finish_run,
+    logged_sparsity,
+    model_summary,
+    resume_point,
+    reusable_record,
+    training_arguments,
+    training_log,
+)
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -68,7 +76,8 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     if not trainer.is_world_process_zero():  # multi-process runs: one writer
         return {}
 
-    evaluations = _evaluations(trainer, spec.eval_splits, pst.get_method(config.method).prunes)
+    prunes = pst.get_method(config.method).prunes
+    evaluations = _evaluations(trainer, spec.eval_splits, prunes)
     selected = select_evaluation(evaluations, config, spec.eval_splits[0])
     if save_scores:
         _save_scores(model, paths.side_file(SCORES_SUFFIX))
@@ -79,6 +88,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
         "main_metric": MAIN_METRIC[config.task],
         "evaluations": evaluations,
         "selected": selected,
+        "training_log": training_log(trainer.state.log_history, prunes),
         "train_steps": trainer.state.global_step,
     }
     return finish_run(paths, config, body, started)
@@ -101,13 +111,10 @@ def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...], prunes: bool) -
         if not keys:
             continue
         step = entry["step"]
-        if prunes and "sparsity" not in entry:
-            raise RuntimeError(f"the evaluation at step {step} has no logged sparsity; the Trainer needs "
-                               "pst.SparsityCallback among its callbacks")
         evaluation = by_step.setdefault(step, {
             "step": step,
             "epoch": entry.get("epoch"),
-            "sparsity": entry["sparsity"] if prunes else 0.0,
+            "sparsity": logged_sparsity(entry, prunes),
             "metrics": {},
         })
         for key in keys:
