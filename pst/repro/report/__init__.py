@@ -21,6 +21,8 @@ Conventions:
   predictions).
 * Every table function takes a results folder *or* an iterable of already loaded records, so
   :func:`build_report` reads the folder once.
+* Curves (:mod:`.curves`) read the records' per-epoch ``evaluations`` (GLUE) and the
+  ``training_log`` both runners keep (loss and sparsity ~20 times a run).
 * Figures are :class:`matplotlib.figure.Figure` objects drawn with the Agg renderer (no
   pyplot, no global state, headless); the notebooks display them inline.
 """

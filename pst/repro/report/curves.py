@@ -10,6 +10,7 @@ logged ~20 times a run, each point with the sparsity ``pst.SparsityCallback`` ha
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -148,5 +149,6 @@ def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable
         ax.legend(handles, labels, fontsize=7)
     models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for runs in chosen.values()
                      for r in runs.values()})
-    figure.suptitle(f"{title}\n(the run each grid search kept; model: {', '.join(models)})", fontsize=10)
+    text = f"{title}. Per method the run its grid search kept; model: {', '.join(models)}"
+    figure.suptitle(textwrap.fill(text, width=int(11 * figure.get_figwidth())), fontsize=10)  # ~11 characters an inch
     return figure

@@ -145,14 +145,22 @@ def _comparable(value: float) -> float:
 
 
 def _save_scores(model: torch.nn.Module, path: Path) -> None:
-    """The learned score matrices (movement) or their factors (PST), for the analysis notebook."""
+    """The learned score matrices (movement) or their factors (PST), for the analysis notebook.
+
+    Per layer: its score parts, the effective weight ``M * W'`` (``weight``) and, for methods with
+    a low-rank update (PST), U, V and the frozen pre-trained ``W`` (output x input), from which
+    the analysis rebuilds ``|W'|`` and magnitude pruning's mask (:mod:`pst.repro.analysis_pst`).
+    """
     from safetensors.torch import save_file
 
     tensors = {}
     for name, layer in pst.sparse_layers(model):
-        for part in ("scores", "A", "B", "R", "C"):
+        for part in ("scores", "A", "B", "R", "C", "U", "V"):
             value = getattr(layer, part)
             if value is not None:
                 tensors[f"{name}.{part}"] = value.detach().cpu().contiguous()
         tensors[f"{name}.weight"] = layer.effective_weight().cpu().contiguous()
+        if layer.U is not None and not layer.weight.requires_grad:  # W never trained: it is the pre-trained one
+            weight = layer.weight.t() if layer.transposed else layer.weight
+            tensors[f"{name}.W"] = weight.detach().cpu().contiguous()
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
