@@ -84,7 +84,7 @@ def test_glue_curves_fall_back_to_the_evaluations_sparsity_and_pick_tasks(curve_
     with_curves(curve_results, record, [_evaluation(5, 0.7, 0.5), _evaluation(10, 0.8, 0.9)], None)
     figure = report.glue_curves(curve_results, "glue-bert")
     assert [ax.get_title() for ax in _panels(figure)] == ["SST-2", "MRPC"]  # the paper's task order
-    only = report.glue_curves(curve_results, "glue-bert", tasks=["mrpc"])
+    only = report.glue_curves(curve_results, "glue-bert", tasks="mrpc")  # one task may be a plain name
     (ax,) = _panels(only)
     (twin,) = [other for other in only.axes if other is not ax]
     assert list(twin.get_lines()[0].get_ydata()) == pytest.approx([50.0, 90.0])

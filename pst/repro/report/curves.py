@@ -91,6 +91,7 @@ def _kept_runs(records: list[dict], experiment: str, source: Records, tasks: Seq
     best = best_runs(records)
     present = sorted({task for task, _ in best}, key=task_sort_key)
     if tasks is not None:
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         missing = [t for t in tasks if t not in present]
         if missing:
             raise ValueError(f"experiment {experiment!r} has no records of task(s) {missing}; it has {present}")
