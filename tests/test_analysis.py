@@ -251,10 +251,12 @@ def test_load_scores_reads_what_a_run_saves(tmp_path, tiny_model, method):
     assert load_scores(record).keys() == groups.keys()  # the record's path finds its side file
     layers = dict(pst.sparse_layers(model))
     assert set(groups) == set(layers)
-    expected_parts = {"scores", "weight"} if method == "movement" else {"A", "B", "R", "C", "weight"}
+    expected_parts = {"scores", "weight"} if method == "movement" else {"A", "B", "R", "C", "U", "V", "W", "weight"}
     for name, parts in groups.items():
         assert set(parts) == expected_parts
         torch.testing.assert_close(parts["weight"], layers[name].effective_weight())
+        if method == "pst":  # the frozen pre-trained W, output x input, from which the analysis rebuilds W'
+            torch.testing.assert_close(parts["W"], layers[name].weight.detach())
     matrices = score_matrices(groups)
     for name, matrix in matrices.items():
         layer = layers[name]

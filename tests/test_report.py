@@ -338,7 +338,7 @@ def test_build_report_with_some_experiments(glue_results: Path, tmp_path: Path) 
     out = tmp_path / "out"
     written = report.build_report(glue_results, out)
     assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status", "tables/glue_bert",
-                            "tables/glue_bert_selection"}
+                            "tables/glue_bert_selection", "figures/curves_glue_bert"}
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert not (out / "tables" / "glue_roberta.md").exists()
@@ -356,8 +356,9 @@ def test_build_report_with_every_experiment(tmp_path: Path) -> None:
     expected = {"criteria", "parameter_counts", "record_status", "glue_bert", "glue_bert_selection", "glue_roberta",
                 "glue_roberta_selection", "nlg_gpt2", "nlg_gpt2_selection", "analysis_runs", "ablation_score",
                 "ablation_rank", "ablation_sparsity"}
-    assert set(written) == {f"tables/{name}" for name in expected} | {"figures/ablation_sparsity"}
-    assert sorted(p.name for p in (out / "figures").iterdir()) == ["ablation_sparsity.pdf", "ablation_sparsity.png"]
+    figures = {"ablation_sparsity", "curves_glue_bert", "curves_glue_roberta"}  # NLG: a record without training log
+    assert set(written) == {f"tables/{name}" for name in expected} | {f"figures/{name}" for name in figures}
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(f"{f}.{e}" for f in figures for e in ("pdf", "png"))
     with Image.open(out / "figures" / "ablation_sparsity.png") as image:
         image.verify()
     assert len(list((out / "tables").glob("*.md"))) == len(expected)

@@ -222,9 +222,11 @@ EXPECTED_TABLES = {
     "nlg_gpt2": ["PST", "MaP", "MvP"],
     "ablation_score": None, "ablation_rank": None, "ablation_sparsity": None,
     "criteria": ["MaP", "MvP", "PST"], "parameter_counts": None, "score_structure_sst2": None,
+    "pst_score_terms_sst2": None,
     "record_status": ["glue-bert", "ablation-score", "analysis"],
 }
-EXPECTED_FIGURES = ["ablation_sparsity", "score_spectra_sst2", "score_explained_share_sst2", "score_heatmaps_sst2"]
+EXPECTED_FIGURES = ["ablation_sparsity", "score_spectra_sst2", "score_explained_share_sst2", "score_heatmaps_sst2",
+                    "pst_score_terms_sst2", "curves_glue_bert", "curves_glue_roberta", "curves_nlg_gpt2"]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pst.repro.fingerprint import code_fingerprint
 from pst.repro.results import read_record, write_record
 from pst.repro.runners import glue as glue_runner
 from pst.repro.runners.glue import _evaluations, run_glue
+from pst.repro.runners.lifecycle import training_log
 from pst.repro.runstate import SCORES_SUFFIX, StaleRecordsError, run_paths
 
 # Chance level of each synthetic task's main metric (balanced labels) plus a clear margin.
@@ -184,6 +185,36 @@ def test_each_evaluation_carries_the_sparsity_the_callback_logged():
     assert all(e["sparsity"] == 0.0 for e in _evaluations(_trainer_with(history), ("validation",), prunes=False))
     with pytest.raises(RuntimeError, match="no logged sparsity.*SparsityCallback"):
         _evaluations(_trainer_with([{"eval_validation_accuracy": 0.5, "step": 5}]), ("validation",), prunes=True)
+
+
+def test_the_training_log_keeps_the_loss_entries_with_their_sparsity():
+    history = [
+        {"loss": 0.7, "grad_norm": 1.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 10, "sparsity": 0.3},
+        {"eval_validation_accuracy": 0.6, "epoch": 1.0, "step": 20, "sparsity": 0.9},
+        {"loss": 0.9, "learning_rate": 2e-3, "epoch": 0.05, "step": 1, "sparsity": 0.0},
+        {"train_loss": 0.8, "train_runtime": 3.0, "epoch": 1.0, "step": 20},
+    ]
+    assert training_log(history, prunes=True) == [
+        {"step": 1, "epoch": 0.05, "loss": 0.9, "sparsity": 0.0, "learning_rate": 2e-3},
+        {"step": 10, "epoch": 0.5, "loss": 0.7, "sparsity": 0.3, "learning_rate": 1e-3}]
+    assert [p["sparsity"] for p in training_log(history, prunes=False)] == [0.0, 0.0]
+    with pytest.raises(RuntimeError, match="step 3 has no logged sparsity.*SparsityCallback"):
+        training_log([{"loss": 0.5, "step": 3}], prunes=True)
+
+
+@pytest.mark.slow
+def test_the_record_holds_a_training_log_to_draw_curves(finished):
+    _, _, record = finished
+    log = record["training_log"]
+    steps = [point["step"] for point in log]
+    assert steps[0] == 1 and steps == sorted(steps) and steps[-1] <= record["train_steps"]
+    assert 15 <= len(log) <= 25, f"{len(log)} points over {record['train_steps']} steps"
+    assert all(set(p) == {"step", "epoch", "loss", "sparsity", "learning_rate"} for p in log)
+    assert log[0]["sparsity"] == 0.0 and log[-1]["sparsity"] == pytest.approx(0.9)
+    assert all(a["sparsity"] <= b["sparsity"] for a, b in zip(log, log[1:]))  # the cubic schedule only rises
+    assert all(p["loss"] > 0 and p["learning_rate"] > 0 for p in log)
+    per_epoch = record["train_steps"] // 3
+    assert [e["step"] for e in record["evaluations"]] == [per_epoch, 2 * per_epoch, 3 * per_epoch]  # one per epoch
 
 
 @pytest.mark.slow

@@ -34,3 +34,6 @@ def test_smoke_run_trains_decodes_scores_and_records(dataset, tmp_path):
     assert {row["subset"] for row in outputs} == subsets
     assert all(isinstance(row["prediction"], str) and row["references"] for row in outputs)
     assert record["train_loss"] < math.log(TINY_VOCAB_SIZE)  # it learned: better than a uniform guess
+    log = record["training_log"]  # the loss curve: ~20 points from step 1, sparsity rising to the target
+    assert log[0]["step"] == 1 and 10 <= len(log) <= 25 and log[-1]["step"] <= record["train_steps"]
+    assert log[0]["sparsity"] == 0.0 and log[-1]["sparsity"] == pytest.approx(0.9)

@@ -22,11 +22,11 @@ Everything runs in float64 on the CPU. Figures use matplotlib's Agg backend and 
 returned, not saved: the caller (a notebook, ``pst.repro.report``) saves them.
 
 PST's own scores: the file holds its factors A, B, R, C; :func:`pst_score` rebuilds the
-data-driven part ``alpha1 A B + alpha2 (R 1^T + 1 C^T)``. The data-free part ``|W'|`` cannot
-be rebuilt from the file: ``<name>.weight`` is the masked ``M * W'``, whose pruned entries
-are zero. By construction PST's data-driven part has rank at most ``r_s + 2``, so its
-shares at rank 8 are ~1 by design; it is shown beside movement's for its picture, not as
-evidence.
+data-driven part ``alpha1 A B + alpha2 (R 1^T + 1 C^T)``. By construction it has rank at most
+``r_s + 2``, so its shares at rank 8 are ~1 by design; it is shown beside movement's for its
+picture, not as evidence. What PST's score learns (which term carries S, how far its mask
+moved from magnitude pruning's, how it ranks weights against movement pruning's score) is
+:mod:`pst.repro.analysis_pst`, from the U, V and pre-trained W the file also holds.
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def load_scores(path: Path | str) -> dict[str, dict[str, torch.Tensor]]:
     """Read a ``.scores.safetensors`` file, grouped by layer: ``{layer: {part: tensor}}``.
 
     Keys in the file are ``<layer name>.<part>`` with part one of ``scores`` (movement),
-    ``A``, ``B``, ``R``, ``C`` (PST) and ``weight`` (the effective ``M * W'``). ``path`` may
+    ``A``, ``B``, ``R``, ``C``, ``U``, ``V`` and ``W`` (PST; W the frozen pre-trained weight,
+    output x input) and ``weight`` (the effective ``M * W'``). ``path`` may
     also be the run's record (``.json``); its side file is read. Layers keep the file's
     order of first appearance (safetensors sorts keys, so that is alphabetical).
     """

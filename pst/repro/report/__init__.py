@@ -21,6 +21,8 @@ Conventions:
   predictions).
 * Every table function takes a results folder *or* an iterable of already loaded records, so
   :func:`build_report` reads the folder once.
+* Curves (:mod:`.curves`) read the records' per-epoch ``evaluations`` (GLUE) and the
+  ``training_log`` both runners keep (loss and sparsity ~20 times a run).
 * Figures are :class:`matplotlib.figure.Figure` objects drawn with the Agg renderer (no
   pyplot, no global state, headless); the notebooks display them inline.
 """
@@ -28,12 +30,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .ablations import rank_ablation_table, score_ablation_table, score_variant, sparsity_figure, sparsity_table
 from .columns import GLUE_COLUMNS, METHOD_ORDER, MISSING, NLG_COLUMNS, method_name, method_style
 from .counts import criteria_table, parameter_counts, parameter_counts_table
+from .curves import MissingCurveError, glue_curves, training_loss_curves
 from .files import display_frame, save_figure, save_table
 from .paper import PAPER_RESULTS_PATH, check_paper_results, paper_results, paper_value
 from .records import (
@@ -52,6 +56,7 @@ from .tables import glue_table, nlg_table, selection_table
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +69,12 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
     experiment, its runs and what is left out; records of other code are used only when
     ``keep_stale``); then, for each experiment with records, its tables (``glue_bert``, ``glue_roberta``, ``nlg_gpt2`` with their
     ``*_selection`` grids, ``analysis_runs``, ``ablation_score``, ``ablation_rank``,
-    ``ablation_sparsity``) and figures (``ablation_sparsity``; the score-structure outputs of
-    :func:`score_structure_outputs` when ``analysis``). Experiments without records are
-    skipped with a logged note. Returns ``{"tables/<name>" or "figures/<name>": paths}``.
+    ``ablation_sparsity``) and figures (``curves_glue_bert``, ``curves_glue_roberta``: dev metric
+    against step; ``curves_nlg_gpt2``: training loss against step; ``ablation_sparsity``; the
+    score-structure outputs of :func:`score_structure_outputs` when ``analysis``). Experiments
+    without records are skipped with a logged note, and so is a curve whose kept runs lack the
+    points (records made before the runners kept a training log). Returns
+    ``{"tables/<name>" or "figures/<name>": paths}``.
     """
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     tables, figures = out_dir / "tables", out_dir / "figures"
@@ -81,6 +89,12 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
     table("parameter_counts", parameter_counts_table())
     table("record_status", record_status_table(results_dir, keep_stale))
 
+    def figure(name: str, draw: Callable[[], "Figure"]) -> None:
+        try:
+            written[f"figures/{name}"] = save_figure(draw(), figures / name)
+        except MissingCurveError as error:
+            logger.warning("figure %s left out: %s", name, error)
+
     def skip(experiment: str) -> bool:
         if experiment not in present:
             logger.info("no records of experiment %r in %s yet: its tables are skipped", experiment, results_dir)
@@ -91,9 +105,11 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
         if not skip(experiment):
             table(stem, glue_table(records, experiment))
             table(f"{stem}_selection", selection_table(records, experiment))
+            figure(f"curves_{stem}", lambda experiment=experiment: glue_curves(records, experiment))
     if not skip(NLG_EXPERIMENT):
         table("nlg_gpt2", nlg_table(records))
         table("nlg_gpt2_selection", selection_table(records, NLG_EXPERIMENT))
+        figure("curves_nlg_gpt2", lambda: training_loss_curves(records, NLG_EXPERIMENT))
     if not skip(ANALYSIS_EXPERIMENT):
         table("analysis_runs", glue_table(records, ANALYSIS_EXPERIMENT, paper=False))
         if analysis:
@@ -104,7 +120,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
         table("ablation_rank", rank_ablation_table(records))
     if not skip(ABLATION_EXPERIMENTS["sparsity"]):
         table("ablation_sparsity", sparsity_table(records))
-        written["figures/ablation_sparsity"] = save_figure(sparsity_figure(records), figures / "ablation_sparsity")
+        figure("ablation_sparsity", lambda: sparsity_figure(records))
     unknown = sorted(present - set(KNOWN_EXPERIMENTS))
     if unknown:
         logger.info("records of experiment(s) %s are not part of the report", unknown)
@@ -112,10 +128,10 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
 
 
 __all__ = [
-    "GLUE_COLUMNS", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH",
-    "best_runs", "build_report", "check_paper_results", "criteria_table", "display_frame", "glue_table",
+    "GLUE_COLUMNS", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH", "MissingCurveError",
+    "best_runs", "build_report", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
     "method_name", "method_style", "nlg_table", "paper_results", "paper_value", "parameter_counts",
     "parameter_counts_table", "read_results", "record_status_table",
     "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_structure_outputs",
-    "score_variant", "selection_table", "selection_value", "sparsity_figure", "sparsity_table",
+    "score_variant", "selection_table", "selection_value", "sparsity_figure", "sparsity_table", "training_loss_curves",
 ]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from .columns import (
     ordered_methods,
     ordered_tasks,
 )
-from .files import new_figure, save_figure
+from .files import panel_grid, save_figure
 from .records import ABLATION_EXPERIMENTS, Records, best_runs, describe, get, glue_records, is_number
 
 
@@ -151,12 +150,7 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
     tasks = ordered_tasks(task for task, _, _ in best)
     methods = ordered_methods(method for _, method, _ in best)
     models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for r in best.values()})
-    columns = min(len(tasks), 4) or 1
-    grid_rows = math.ceil(max(len(tasks), 1) / columns)
-    figure = new_figure(3.6 * columns, 3.0 * grid_rows + 0.4)
-    axes = figure.subplots(grid_rows, columns, squeeze=False).ravel()
-    for ax in axes[len(tasks):]:
-        ax.remove()
+    figure, axes = panel_grid(len(tasks), 3.6, 3.0)
     for ax, task in zip(axes, tasks):
         main = get_task(task).main_metric
         metric = METRIC_NAMES.get(main, main)

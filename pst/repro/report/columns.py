@@ -101,6 +101,12 @@ def ordered_tasks(tasks: Iterable[str]) -> list[str]:
     return [t for t in GLUE_ORDER if t in tasks]
 
 
+def task_sort_key(task: str) -> tuple[int, str]:
+    """Sorts GLUE tasks in the paper's order, then E2E, DART, WebNLG, then anything else by name."""
+    order = (*GLUE_ORDER, *NLG_DATASETS)
+    return (order.index(task) if task in order else len(order), str(task))
+
+
 def method_name(method: str) -> str:
     """The paper's name of a method (``magnitude`` -> ``MaP``); an unknown method keeps its own."""
     return METHODS[method].display_name if method in METHODS else method

@@ -93,6 +93,19 @@ def new_figure(width: float, height: float) -> "Figure":
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def panel_grid(count: int, width: float, height: float, extra_height: float = 0.4,
+               max_columns: int = 4) -> tuple["Figure", list]:
+    """A figure of ``count`` panels (``width`` x ``height`` inches each), at most ``max_columns``
+    a row, and its axes in reading order (the unused cells of the last row removed)."""
+    columns = min(max(count, 1), max_columns)
+    rows = math.ceil(max(count, 1) / columns)
+    figure = new_figure(width * columns, height * rows + extra_height)
+    axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes[count:]:
+        ax.remove()
+    return figure, axes[:count]
+
+
 def save_figure(figure: "Figure", path_stem: str | os.PathLike) -> list[Path]:
     """Write ``<stem>.png`` (150 dpi) and ``<stem>.pdf`` atomically; returns both paths."""
     stem = Path(path_stem)

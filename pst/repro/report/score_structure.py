@@ -1,46 +1,52 @@
-"""Outputs of the importance-score analysis: how low-rank and structured learned scores are."""
+"""Outputs of the importance-score analysis: how low-rank and structured movement pruning's
+learned scores are, and what PST's own score learns (:mod:`pst.repro.analysis_pst`).
+
+Both are computed from the analysis runs' score files, which are large; an output at least as
+new as the files it came from (and made with the same settings) is not computed again, so the
+notebook and the report share the work.
+"""
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..results import record_path
 from ..runstate import SCORES_SUFFIX, RunPaths
 from .files import save_figure, save_table
-from .records import ANALYSIS_EXPERIMENT, load
+from .records import ANALYSIS_EXPERIMENT, best_runs, get, load
 
 logger = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = (".md", ".tex", ".csv")
+FIGURE_SUFFIXES = (".png", ".pdf")
 
 
 def score_structure_outputs(results_dir: str | os.PathLike, out_dir: str | os.PathLike, rank: int = 8,
                             experiment: str = ANALYSIS_EXPERIMENT, records: Iterable[dict] | None = None,
                             ) -> dict[str, list[Path]]:
-    """Tables and figures of movement pruning's learned score structure, per analysis run.
+    """Tables and figures of the learned scores of ``experiment``'s runs, movement's and PST's.
 
-    For every movement record of ``experiment`` whose ``.scores.safetensors`` side file exists:
+    For every movement record whose ``.scores.safetensors`` side file exists:
     ``tables/score_structure_<task>`` (:func:`pst.repro.analysis.layer_structure_table`) and
-    ``figures/score_spectra_<task>``, ``score_explained_share_<task>``, ``score_heatmaps_<task>``.
+    ``figures/score_spectra_<task>``, ``score_explained_share_<task>``, ``score_heatmaps_<task>``;
+    then the PST outputs of :func:`pst_score_terms_outputs`.
     ``records``: the folder's records when already read (:func:`read_results`).
     """
     from .. import analysis
 
     out_dir, written = Path(out_dir), {}
-    for record in load(results_dir if records is None else records, experiment):
-        if record.get("method") != "movement":
-            continue
-        scores_file = RunPaths(record["run_id"], record_path(results_dir, record["run_id"])).side_file(SCORES_SUFFIX)
-        if not scores_file.is_file():
-            logger.info("analysis run %s has no score file (%s): skipped", record["run_id"], scores_file.name)
+    records = load(results_dir if records is None else records, experiment)
+    for record in records:
+        if record.get("method") != "movement" or (scores_file := _scores_file(results_dir, record)) is None:
             continue
         suffix = f"_{record['task']}"
-        outputs = {f"tables/score_structure{suffix}": [out_dir / "tables" / f"score_structure{suffix}{ext}"
-                                                       for ext in (".md", ".tex", ".csv")]}
-        outputs |= {f"figures/{name}{suffix}": [out_dir / "figures" / f"{name}{suffix}{ext}" for ext in (".png", ".pdf")]
+        outputs = {f"tables/score_structure{suffix}": _paths(out_dir, "tables", f"score_structure{suffix}")}
+        outputs |= {f"figures/{name}{suffix}": _paths(out_dir, "figures", f"{name}{suffix}")
                     for name in ("score_spectra", "score_explained_share", "score_heatmaps")}
         csv = out_dir / "tables" / f"score_structure{suffix}.csv"
-        if _up_to_date([p for paths in outputs.values() for p in paths], scores_file) and _table_rank(csv) == rank:
+        if _up_to_date(outputs, [scores_file]) and _table_rank(csv) == rank:
             # Notebook 02 and the report both ask for these; the SVDs run once per score file and rank.
             written.update(outputs)
             continue
@@ -58,7 +64,78 @@ def score_structure_outputs(results_dir: str | os.PathLike, out_dir: str | os.Pa
                              ("score_explained_share", analysis.explained_share_figure(table)),
                              ("score_heatmaps", analysis.heatmap_figure(dict(list(scores.items())[:3]), rank=rank))):
             written[f"figures/{name}{suffix}"] = save_figure(figure, out_dir / "figures" / f"{name}{suffix}")
+    return written | pst_score_terms_outputs(results_dir, out_dir, experiment, records)
+
+
+def pst_score_terms_outputs(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                            experiment: str = ANALYSIS_EXPERIMENT, records: Iterable[dict] | None = None,
+                            ) -> dict[str, list[Path]]:
+    """``tables/pst_score_terms_<task>`` and ``figures/pst_score_terms_<task>`` per task with a PST run.
+
+    Per layer of the PST run (the grid's best per task) whose score file exists: the share of S
+    each term carries, the share of kept weights magnitude pruning would prune
+    (:func:`pst.repro.analysis_pst.pst_layer_table`) and, when a movement run of the same task
+    and model has a score file, the rank correlations with its learned score. A score file
+    written before PST runs saved W, U and V is skipped with a warning.
+    """
+    from .. import analysis, analysis_pst
+
+    out_dir, written = Path(out_dir), {}
+    records = [r for r in load(results_dir if records is None else records, experiment)
+               if _scores_file(results_dir, r, quiet=r.get("method") != "pst") is not None]
+    best = best_runs(records, by=("task", "method", "config.model"))
+    for (task, method, model), record in best.items():
+        if method != "pst":
+            continue
+        pst_file = _scores_file(results_dir, record)
+        partner = best.get((task, "movement", model))
+        movement_file = _scores_file(results_dir, partner) if partner is not None else None
+        name = f"pst_score_terms_{task}"
+        outputs = {f"tables/{name}": _paths(out_dir, "tables", name), f"figures/{name}": _paths(out_dir, "figures", name)}
+        sources = [pst_file] + ([movement_file] if movement_file else [])
+        if _up_to_date(outputs, sources) and _has_correlations(outputs[f"tables/{name}"][-1]) == bool(movement_file):
+            written.update(outputs)
+            continue
+        config = record.get("pst_config") or {}
+        try:
+            table = analysis_pst.pst_layer_table(
+                analysis.load_scores(pst_file), analysis.load_scores(movement_file) if movement_file else None,
+                alpha1=config.get("alpha1", 1.0), alpha2=config.get("alpha2", 1.0), beta=config.get("beta", 1.0),
+                magnitude=config.get("score_magnitude", True), pattern=config.get("pattern", "unstructured"))
+        except analysis_pst.IncompleteScoreFile as error:
+            logger.warning("analysis run %s: %s; its PST score analysis is skipped", record["run_id"], error)
+            continue
+        table.attrs["decimals"] = {c: 3 for c in table.columns if table[c].dtype.kind == "f"}
+        table.attrs["note"] = _pst_note(record, partner if movement_file else None)
+        written[f"tables/{name}"] = save_table(table, out_dir / "tables" / name)
+        title = f"PST's learned score, {task}\n({record['run_id']}, sparsity {get(record, 'mean_sparsity') or 0:.0%})"
+        written[f"figures/{name}"] = save_figure(analysis_pst.pst_terms_figure(table, title), out_dir / "figures" / name)
     return written
+
+
+def _pst_note(record: dict, partner: dict | None) -> str:
+    note = (f"PST's score S = |W'| + a1 AB + a2 (R1^T + 1C^T) ({record['run_id']}): share_* = share of "
+            "||S - mean||_F^2 each term carries on its own (share_covariance: the cross terms; the shares sum to 1); "
+            "kept_outside_map_w / _w_updated = share of the weights PST keeps that magnitude pruning of the "
+            "pre-trained W / of W' at the same sparsity would prune (0 at step 0).")
+    if partner is not None:
+        note += (f" spearman_pst_mvp = rank correlation of PST's a1 AB + a2 (R1^T + 1C^T) with movement pruning's "
+                 f"learned score ({partner['run_id']}); spearman_mvp_abs_w = that score against |W|, the reference.")
+    return note
+
+
+def _scores_file(results_dir: str | os.PathLike, record: dict, quiet: bool = False) -> Path | None:
+    """The run's score file, or ``None`` (noted in the log) when it has none."""
+    path = RunPaths(record["run_id"], record_path(results_dir, record["run_id"])).side_file(SCORES_SUFFIX)
+    if path.is_file():
+        return path
+    if not quiet:
+        logger.info("analysis run %s has no score file (%s): skipped", record["run_id"], path.name)
+    return None
+
+
+def _paths(out_dir: Path, kind: str, name: str) -> list[Path]:
+    return [out_dir / kind / f"{name}{ext}" for ext in (TABLE_SUFFIXES if kind == "tables" else FIGURE_SUFFIXES)]
 
 
 def _table_rank(csv: Path) -> int | None:
@@ -69,7 +146,14 @@ def _table_rank(csv: Path) -> int | None:
     return int(ranks.pop()) if len(ranks) == 1 else None
 
 
-def _up_to_date(outputs: list[Path], source: Path) -> bool:
-    """Every output exists and is at least as new as the file it was computed from."""
-    source_time = source.stat().st_mtime
-    return all(path.is_file() and path.stat().st_mtime >= source_time for path in outputs)
+def _has_correlations(csv: Path) -> bool:
+    """Whether a saved PST score-terms table compared with a movement run."""
+    import pandas as pd
+
+    return csv.is_file() and "spearman_pst_mvp" in pd.read_csv(csv, nrows=0).columns
+
+
+def _up_to_date(outputs: dict[str, list[Path]], sources: Sequence[Path]) -> bool:
+    """Every output exists and is at least as new as every file it was computed from."""
+    newest = max(source.stat().st_mtime for source in sources)
+    return all(path.is_file() and path.stat().st_mtime >= newest for paths in outputs.values() for path in paths)

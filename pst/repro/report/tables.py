@@ -13,7 +13,6 @@ logger = logging.getLogger(__name__)
 from .columns import (
     AVERAGE_COLUMN,
     GLUE_COLUMNS,
-    GLUE_ORDER,
     MISSING,
     NLG_COLUMNS,
     NLG_DATASETS,
@@ -27,6 +26,7 @@ from .columns import (
     ordered_tasks,
     sparsity_percent,
     task_name,
+    task_sort_key,
 )
 from .paper import PAPER_SUFFIX, paper_row
 from .records import (
@@ -127,11 +127,9 @@ def selection_table(results_dir: Records, experiment: str) -> "pd.DataFrame":
         raise ValueError(f"no records of experiment {experiment!r} in {describe(results_dir)}")
     best = best_runs(records)
     sizes = group_sizes(records, ("task", "method"))
-    order = {t: i for i, t in enumerate((*GLUE_ORDER, *NLG_DATASETS))}
     methods = {m: i for i, m in enumerate(ordered_methods(m for _, m in best))}
     rows = []
-    for (task, method), record in sorted(best.items(), key=lambda kv: (order.get(kv[0][0], 99), str(kv[0][0]),
-                                                                        methods[kv[0][1]])):
+    for (task, method), record in sorted(best.items(), key=lambda kv: (task_sort_key(kv[0][0]), methods[kv[0][1]])):
         glue = isinstance(record.get("selected"), Mapping)
         value = selection_value(record)
         rows.append({

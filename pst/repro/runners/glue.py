@@ -21,7 +21,15 @@ from ..data.glue import get_task, load_glue, tokenize_glue
 from ..metrics.glue import MAIN_METRIC, make_compute_metrics
 from ..models import load_model, load_tokenizer
 from ..runstate import SCORES_SUFFIX, run_paths
-from .lifecycle import finish_run, model_summary, resume_point, reusable_record, training_arguments
+from .lifecycle import (
+    finish_run,
+    logged_sparsity,
+    model_summary,
+    resume_point,
+    reusable_record,
+    training_arguments,
+    training_log,
+)
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -68,7 +76,8 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     if not trainer.is_world_process_zero():  # multi-process runs: one writer
         return {}
 
-    evaluations = _evaluations(trainer, spec.eval_splits, pst.get_method(config.method).prunes)
+    prunes = pst.get_method(config.method).prunes
+    evaluations = _evaluations(trainer, spec.eval_splits, prunes)
     selected = select_evaluation(evaluations, config, spec.eval_splits[0])
     if save_scores:
         _save_scores(model, paths.side_file(SCORES_SUFFIX))
@@ -79,6 +88,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
         "main_metric": MAIN_METRIC[config.task],
         "evaluations": evaluations,
         "selected": selected,
+        "training_log": training_log(trainer.state.log_history, prunes),
         "train_steps": trainer.state.global_step,
     }
     return finish_run(paths, config, body, started)
@@ -101,13 +111,10 @@ def _evaluations(trainer: Trainer, eval_splits: tuple[str, ...], prunes: bool) -
         if not keys:
             continue
         step = entry["step"]
-        if prunes and "sparsity" not in entry:
-            raise RuntimeError(f"the evaluation at step {step} has no logged sparsity; the Trainer needs "
-                               "pst.SparsityCallback among its callbacks")
         evaluation = by_step.setdefault(step, {
             "step": step,
             "epoch": entry.get("epoch"),
-            "sparsity": entry["sparsity"] if prunes else 0.0,
+            "sparsity": logged_sparsity(entry, prunes),
             "metrics": {},
         })
         for key in keys:
@@ -138,14 +145,22 @@ def _comparable(value: float) -> float:
 
 
 def _save_scores(model: torch.nn.Module, path: Path) -> None:
-    """The learned score matrices (movement) or their factors (PST), for the analysis notebook."""
+    """The learned score matrices (movement) or their factors (PST), for the analysis notebook.
+
+    Per layer: its score parts, the effective weight ``M * W'`` (``weight``) and, for methods with
+    a low-rank update (PST), U, V and the frozen pre-trained ``W`` (output x input), from which
+    the analysis rebuilds ``|W'|`` and magnitude pruning's mask (:mod:`pst.repro.analysis_pst`).
+    """
     from safetensors.torch import save_file
 
     tensors = {}
     for name, layer in pst.sparse_layers(model):
-        for part in ("scores", "A", "B", "R", "C"):
+        for part in ("scores", "A", "B", "R", "C", "U", "V"):
             value = getattr(layer, part)
             if value is not None:
                 tensors[f"{name}.{part}"] = value.detach().cpu().contiguous()
         tensors[f"{name}.weight"] = layer.effective_weight().cpu().contiguous()
+        if layer.U is not None and not layer.weight.requires_grad:  # W never trained: it is the pre-trained one
+            weight = layer.weight.t() if layer.transposed else layer.weight
+            tensors[f"{name}.W"] = weight.detach().cpu().contiguous()
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))

@@ -25,6 +25,10 @@ from ..runstate import RunPaths, StaleRecordsError, action, move_aside, run_stat
 #: In a run's checkpoint folder: the fingerprint of the code that made the checkpoints.
 CHECKPOINT_FINGERPRINT = "code_fingerprint"
 
+#: The training loss is logged every this fraction of the optimizer steps (and at step 1):
+#: about 20 points, enough to draw a curve, whatever the run's length.
+LOG_FRACTION = 0.05
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,8 +44,8 @@ def precision_used(config: Any) -> str:
 
 def training_arguments(config: Any, output_dir: Path, **specific: Any) -> TrainingArguments:
     """What every run's Trainer shares: AdamW with a linear schedule, a checkpoint per epoch
-    (the last one only) to resume from, no external loggers, the run's precision; ``specific``
-    adds the rest."""
+    (the last one only) to resume from, the loss logged ~20 times (:data:`LOG_FRACTION`) for the
+    record's ``training_log``, no external loggers, the run's precision; ``specific`` adds the rest."""
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -52,7 +56,9 @@ def training_arguments(config: Any, output_dir: Path, **specific: Any) -> Traini
         weight_decay=config.weight_decay,
         save_strategy="epoch",
         save_total_limit=1,
-        logging_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=LOG_FRACTION,  # a float below 1 is a fraction of the run's optimizer steps
+        logging_first_step=True,
         seed=config.seed,
         report_to=[],
         disable_tqdm=True,
@@ -61,6 +67,25 @@ def training_arguments(config: Any, output_dir: Path, **specific: Any) -> Traini
         bf16=precision_used(config) == "bf16",
         **specific,
     )
+
+
+def logged_sparsity(entry: dict, prunes: bool) -> float:
+    """The sparsity ``pst.SparsityCallback`` logged with a Trainer log entry (0 for methods that
+    do not prune), so a record says what the model had, not what a formula expects."""
+    if not prunes:
+        return 0.0
+    if "sparsity" not in entry:
+        raise RuntimeError(f"the log entry at step {entry.get('step')} has no logged sparsity; the Trainer needs "
+                           "pst.SparsityCallback among its callbacks")
+    return entry["sparsity"]
+
+
+def training_log(log_history: Iterable[dict], prunes: bool) -> list[dict]:
+    """The record's ``training_log``: the Trainer's training-loss entries (which survive a resume)
+    as curve points ``{"step", "epoch", "loss", "sparsity", "learning_rate"}``, by step."""
+    return [{"step": entry["step"], "epoch": entry.get("epoch"), "loss": entry["loss"],
+             "sparsity": logged_sparsity(entry, prunes), "learning_rate": entry.get("learning_rate")}
+            for entry in sorted(log_history, key=lambda e: e["step"]) if "loss" in entry]
 
 
 def model_summary(model: torch.nn.Module, config: Any) -> dict:
