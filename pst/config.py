@@ -1,6 +1,7 @@
 """``PSTConfig``: every setting of a sparse fine-tuning run, validated in one place."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -40,16 +41,26 @@ _LLAMA_TARGETS = _decoder_targets("layers", r"self_attn\.(q|k|v|o)_proj|mlp\.(ga
 _DECODER_HEADS = ("score", "qa_outputs")
 
 
-def _decoder(target_modules: str, head_modules=_DECODER_HEADS) -> dict:
-    """One table entry, with its own lists (entries must not share mutable values)."""
-    return {"target_modules": target_modules, "head_modules": list(head_modules), "fused_modules": {}}
+def _decoder(target_modules: str, head_modules=_DECODER_HEADS, fused_modules: dict | None = None) -> dict:
+    """One table entry, with its own lists and dicts (entries must not share mutable values)."""
+    return {"target_modules": target_modules, "head_modules": list(head_modules),
+            "fused_modules": copy.deepcopy(fused_modules or {})}
 
+
+#: Heads of the families whose token classifier is ``classifier`` (GPT-NeoX, Bloom, MPT).
+_DECODER_HEADS_WITH_CLASSIFIER = ("score", "classifier", "qa_outputs")
+#: q, k and v of every head side by side: the rows are (heads, 3, head_dim), as the attention
+#: code views them (GPT-NeoX, Bloom, Persimmon).
+_PER_HEAD_QKV = {"blocks": 3, "interleave": "num_attention_heads"}
+#: q, then k, then v, with k and v smaller under grouped-query attention (Phi-3's ``qkv_proj``).
+_GQA_QKV = ["num_attention_heads", "num_key_value_heads", "num_key_value_heads"]
 
 #: Per-architecture defaults: which modules to sparsify, which modules form the task head,
-#: and which modules fuse several matrices that the paper's model keeps apart.
-#: Phi-3 and GPT-NeoX fuse q, k, v into one matrix (Phi-3 also gate and up) whose blocks are of
-#: unequal sizes (grouped-query attention) or interleaved per head; their defaults cover the
-#: unfused projections only, and the fused ones stay dense until the layer masks such blocks.
+#: and which modules fuse several matrices that the paper's model keeps apart (``pst.fused``;
+#: each layout checked against the attention or MLP code that splits the fused output).
+#: Left out because their fused q/k/v layout depends on config flags that a static default cannot
+#: follow: Falcon (``new_decoder_architecture``, ``multi_query``) and GPT-BigCode (``multi_query``);
+#: pass ``target_modules`` and ``fused_modules`` for them.
 ARCHITECTURE_DEFAULTS: dict[str, dict] = {
     "bert": {"target_modules": _BERT_LIKE_TARGETS, "head_modules": ["classifier"], "fused_modules": {}},
     "roberta": {"target_modules": _BERT_LIKE_TARGETS, "head_modules": ["classifier"], "fused_modules": {}},
@@ -66,12 +77,35 @@ ARCHITECTURE_DEFAULTS: dict[str, dict] = {
     # OPT's project_in / project_out (OPT-350m) resize the embeddings: not block projections.
     "opt": _decoder(_decoder_targets("layers", r"self_attn\.(q|k|v|out)_proj|fc1|fc2")),
     "gptj": _decoder(_decoder_targets("h", r"attn\.(q|k|v|out)_proj|mlp\.(fc_in|fc_out)")),
-    # Unfused projections only (see above): Phi-3's qkv_proj and gate_up_proj, GPT-NeoX's
-    # query_key_value stay dense for now.
-    "phi3": _decoder(_decoder_targets("layers", r"self_attn\.o_proj|mlp\.down_proj")),
+    # Phi-3 (and Phi-4-mini): qkv_proj is q | k | v (grouped-query sizes), gate_up_proj is gate | up.
+    "phi3": _decoder(
+        _decoder_targets("layers", r"self_attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj"),
+        fused_modules={"qkv_proj": _GQA_QKV, "gate_up_proj": 2},
+    ),
+    # GLM and GLM-4: separate q, k, v; the MLP's gate_up_proj is gate | up.
+    **{
+        model_type: _decoder(
+            _decoder_targets("layers", r"self_attn\.(q|k|v|o)_proj|mlp\.(gate_up|down)_proj"),
+            fused_modules={"gate_up_proj": 2},
+        )
+        for model_type in ("glm", "glm4")
+    },
     "gpt_neox": _decoder(
-        _decoder_targets("layers", r"attention\.dense|mlp\.(dense_h_to_4h|dense_4h_to_h)"),
-        head_modules=("score", "classifier", "qa_outputs"),  # token classification: ``classifier``
+        _decoder_targets("layers", r"attention\.(query_key_value|dense)|mlp\.(dense_h_to_4h|dense_4h_to_h)"),
+        head_modules=_DECODER_HEADS_WITH_CLASSIFIER, fused_modules={"query_key_value": _PER_HEAD_QKV},
+    ),
+    "bloom": _decoder(
+        _decoder_targets("h", r"self_attention\.(query_key_value|dense)|mlp\.(dense_h_to_4h|dense_4h_to_h)"),
+        head_modules=_DECODER_HEADS_WITH_CLASSIFIER, fused_modules={"query_key_value": _PER_HEAD_QKV},
+    ),
+    "persimmon": _decoder(
+        _decoder_targets("layers", r"self_attn\.(query_key_value|dense)|mlp\.(dense_h_to_4h|dense_4h_to_h)"),
+        fused_modules={"query_key_value": _PER_HEAD_QKV},
+    ),
+    # MPT: Wqkv is q | k | v of equal sizes (chunk(3)).
+    "mpt": _decoder(
+        _decoder_targets("blocks", r"attn\.(Wqkv|out_proj)|ffn\.(up|down)_proj"),
+        head_modules=_DECODER_HEADS_WITH_CLASSIFIER, fused_modules={"Wqkv": 3},
     ),
 }
 
@@ -207,7 +241,7 @@ class PSTConfig:
         if resolved.head_modules is None:
             resolved.head_modules = list(defaults.get("head_modules", ["classifier", "score"]))
         if resolved.fused_modules is None:
-            resolved.fused_modules = dict(defaults.get("fused_modules", {}))
+            resolved.fused_modules = copy.deepcopy(defaults.get("fused_modules", {}))
         return resolved
 
     # Which score terms are active, after the method and the ablation switches.

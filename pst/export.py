@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import PSTConfig
+from .fused import BlockLayout
 from .layers import SUPPORTED_MODULES
-from .surgery import CONFIG_ATTRIBUTE, TRAINABLE_BEFORE_ATTRIBUTE, matches_target, replace_module, sparse_layers
+from .surgery import CONFIG_ATTRIBUTE, TRAINABLE_BEFORE_ATTRIBUTE, block_layout, matches_target, replace_module, sparse_layers
 
 logger = logging.getLogger(__name__)
 
@@ -47,40 +48,51 @@ def _weight_oriented(module: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sparsity_report(model: nn.Module, target_modules: list[str] | str | None = None) -> list[dict]:
-    """Measured sparsity of every sparsified matrix (and of each fused block).
+def sparsity_report(
+    model: nn.Module, target_modules: list[str] | str | None = None, fused_modules: dict | None = None
+) -> list[dict]:
+    """Measured sparsity of every sparsified matrix, and of each matrix a fused module holds.
 
-    On a wrapped model this measures M * W' as the forward pass uses it; on a plain
-    (merged or reloaded) model it counts the zeros of the weights of ``target_modules``
-    (default: the architecture's PST targets).
+    On a wrapped model this measures M * W' as the forward pass uses it, block by block as
+    each layer's ``layout`` splits its rows. On a plain (merged or reloaded) model it counts
+    the zeros of the weights of ``target_modules``, split by ``fused_modules`` (default: the
+    architecture's, resolved against the model's config, e.g. Phi-3's grouped-query
+    ``qkv_proj`` or GPT-NeoX's per-head interleaved ``query_key_value``). Each row has
+    ``zeros``/``numel``/``sparsity`` of the whole matrix and ``block_zeros``/``block_numel``/
+    ``block_sparsity`` per block (one block for an unfused matrix).
     """
-    rows = []
     layers = list(sparse_layers(model))
     if layers:
-        matrices = [(name, layer.effective_weight(), layer.blocks) for name, layer in layers]
+        matrices = [(name, layer.effective_weight(), layer.layout) for name, layer in layers]
     else:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        targets = target_modules or PSTConfig().resolved_for(model_type).target_modules
-        fused = PSTConfig().resolved_for(model_type).fused_modules if target_modules is None else {}
-        matrices = [
-            (name, _weight_oriented(m), next((b for s, b in fused.items() if matches_target(name, [s])), 1))
-            for name, m in model.named_modules()
-            if name and isinstance(m, SUPPORTED_MODULES) and matches_target(name, targets)
-        ]
-    for name, weight, blocks in matrices:
-        zeros = (weight == 0).reshape(blocks, -1).sum(dim=1)
-        per_block = (zeros.double() / (weight.numel() // blocks)).tolist()
-        rows.append(
-            {
-                "name": name,
-                "shape": list(weight.shape),
-                "numel": weight.numel(),
-                "zeros": int(zeros.sum()),
-                "sparsity": float(zeros.sum()) / weight.numel(),
-                "block_sparsity": per_block,
-            }
-        )
-    return rows
+        resolved = PSTConfig(target_modules=target_modules, fused_modules=fused_modules).resolved_for(model_type)
+        matrices = []
+        for name, module in model.named_modules():
+            if name and isinstance(module, SUPPORTED_MODULES) and matches_target(name, resolved.target_modules):
+                weight = _weight_oriented(module)
+                try:
+                    layout = block_layout(name, weight.shape[0], resolved.fused_modules, getattr(model, "config", None))
+                except ValueError as error:
+                    raise ValueError(f"cannot measure {name} block by block: {error}") from None
+                matrices.append((name, weight, layout))
+    return [_report_row(name, weight, layout) for name, weight, layout in matrices]
+
+
+def _report_row(name: str, weight: torch.Tensor, layout: BlockLayout) -> dict:
+    block_zeros = [int((block == 0).sum()) for block in layout.split(weight)]
+    block_numel = [layout.block_rows(j) * weight.shape[1] for j in range(layout.num_blocks)]
+    zeros = sum(block_zeros)
+    return {
+        "name": name,
+        "shape": list(weight.shape),
+        "numel": weight.numel(),
+        "zeros": zeros,
+        "sparsity": zeros / weight.numel(),
+        "block_zeros": block_zeros,
+        "block_numel": block_numel,
+        "block_sparsity": [z / n for z, n in zip(block_zeros, block_numel)],
+    }
 
 
 # -- compressed checkpoints ---------------------------------------------------------------------

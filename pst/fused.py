@@ -114,6 +114,10 @@ class BlockLayout:
         grouped = tensor.view(self.repeats, self.period, *tensor.shape[1:])
         return grouped[:, start : start + self.sizes[block]]
 
+    def split(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's rows of ``tensor`` (dim 0 over all rows) as its own (block rows, ...) matrix."""
+        return [self.rows_of(tensor, block).reshape(-1, *tensor.shape[1:]) for block in range(self.num_blocks)]
+
     def block_index(self, device: torch.device) -> torch.Tensor:
         """The block of every row, as a (rows,) int64 tensor."""
         # Built with fills only: a tensor made from a Python list is a blocking host-to-device copy.

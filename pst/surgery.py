@@ -45,11 +45,14 @@ def _model_type(model: nn.Module) -> str | None:
     return getattr(getattr(model, "config", None), "model_type", None)
 
 
-def _layout(name: str, base: nn.Module, config: PSTConfig, model: nn.Module) -> BlockLayout | int:
-    """How the module's output rows split into fused blocks (1: not fused)."""
-    spec = next((spec for suffix, spec in config.fused_modules.items() if matches_target(name, [suffix])), 1)
-    out_features, _ = oriented_shape(base)
-    return BlockLayout.from_spec(spec, out_features, getattr(model, "config", None))
+def block_layout(name: str, rows: int, fused_modules: dict, model_config=None) -> BlockLayout:
+    """How the ``rows`` output rows of the module ``name`` split into the matrices it fuses.
+
+    ``fused_modules`` maps name suffixes to specs (``PSTConfig.fused_modules``); names in a spec
+    are read from ``model_config``. A module no suffix matches is one block.
+    """
+    spec = next((spec for suffix, spec in fused_modules.items() if matches_target(name, [suffix])), 1)
+    return BlockLayout.from_spec(spec, rows, model_config)
 
 
 def find_targets(model: nn.Module, config: PSTConfig) -> list[str]:
@@ -93,7 +96,8 @@ def sparsify(model: nn.Module, config: PSTConfig | None = None) -> nn.Module:
         for name in targets:
             base = model.get_submodule(name)
             try:
-                layer = SparseLayer(base, resolved, _layout(name, base, resolved, model))
+                layout = block_layout(name, oriented_shape(base)[0], resolved.fused_modules, getattr(model, "config", None))
+                layer = SparseLayer(base, resolved, layout)
             except ValueError as error:
                 raise ValueError(f"cannot sparsify {name}: {error}") from None
             replace_module(model, name, layer)

@@ -1,5 +1,6 @@
 """The importance-score analysis: shares by hand, on constructed and random matrices, PST's score, files, figures."""
 import math
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -13,22 +14,20 @@ from transformers.pytorch_utils import Conv1D
 
 import pst
 from pst import PSTConfig, SparseLayer
+from pst.fused import BlockLayout
 from pst.repro.analysis import (
-    explained_share_figure,
-    heatmap_figure,
     iid_expected_shares,
     layer_structure_table,
     load_scores,
     marchenko_pastur_share,
     pst_score,
     score_matrices,
-    short_names,
     shuffle_entries,
     shuffled_decomposition,
-    spectrum_figure,
     structure_decomposition,
     structured_approximation,
 )
+from pst.repro.analysis_figures import explained_share_figure, heatmap_figure, short_names, spectrum_figure
 
 
 def structured(n=60, k=40, rank=3, noise=1e-3, seed=0):
@@ -229,6 +228,45 @@ def test_score_matrices_splits_fused_blocks():
     torch.testing.assert_close(matrices["h.0.attn.c_attn[2]"], pst_score(**group)[8:])
     with pytest.raises(ValueError, match="no score matrix"):
         score_matrices({"x": {"weight": torch.randn(3, 3)}})
+
+
+PHI3_LIKE = SimpleNamespace(num_attention_heads=4, num_key_value_heads=1)
+UNEQUAL_SPECS = [
+    # Phi-3's grouped-query q | k | v: 8, 2 and 2 rows.
+    (["num_attention_heads", "num_key_value_heads", "num_key_value_heads"], BlockLayout((8, 2, 2))),
+    # GPT-NeoX's q, k, v of 2 rows side by side for each of 4 heads (config unused).
+    ({"blocks": 3, "interleave": 4}, BlockLayout((1, 1, 1), 4)),
+]
+
+
+@pytest.mark.parametrize(("spec", "layout"), UNEQUAL_SPECS)
+def test_score_matrices_split_unequal_and_interleaved_blocks_as_the_layer_does(spec, layout):
+    layer = make_layer("linear", 12, 10, blocks=layout)
+    group = {p: getattr(layer, p).detach() for p in ("A", "B", "R", "C")}
+    rows = [layout.block_index(torch.device("cpu")) == j for j in range(3)]  # each block's rows
+    with torch.no_grad():
+        updated = layer.weight.clone()  # W' = W + U V, block by block
+        for j in range(3):
+            updated[rows[j]] += layer.U[rows[j]] @ layer.V[j]
+        internal = layer.score() - updated.abs()  # the layer's own data-driven score
+    torch.testing.assert_close(pst_score(**group, layout=layer.layout), internal)
+    movement = {"scores": torch.randn(12, 10, dtype=torch.float64)}
+    matrices = score_matrices({"layers.0.qkv": group, "layers.1.qkv": movement}, fused_modules={"qkv": spec},
+                              model_config=PHI3_LIKE)
+    for j in range(3):
+        torch.testing.assert_close(matrices[f"layers.0.qkv[{j}]"], internal[rows[j]])
+        torch.testing.assert_close(matrices[f"layers.1.qkv[{j}]"], movement["scores"][rows[j]])
+        # A block is a matrix of its own: its A rows times its B, its R rows plus its C.
+        A, R = group["A"][rows[j]], group["R"][rows[j]]
+        torch.testing.assert_close(matrices[f"layers.0.qkv[{j}]"], A @ group["B"][j] + R[:, None] + group["C"][j])
+
+
+def test_score_matrices_name_a_layer_whose_blocks_do_not_fit():
+    group = {p: getattr(make_layer("linear", 12, 10, blocks=3), p).detach() for p in ("A", "B", "R", "C")}
+    with pytest.raises(ValueError, match=r"layer 'qkv': a layout of 2 block\(s\) over 12 rows does not fit factors of 3"):
+        score_matrices({"qkv": group}, fused_modules={"qkv": 2})
+    with pytest.raises(ValueError, match=r"layer 'qkv': .*'num_attention_heads' must name an integer .*no model config"):
+        score_matrices({"qkv": group}, fused_modules={"qkv": UNEQUAL_SPECS[0][0]})
 
 
 # --------------------------------------------------------------------------- files written like a GLUE run's

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import pst
 from pst import PSTConfig
+from tiny_decoders import causal_lm, perturb
 
 LOADERS = {"bert": AutoModelForSequenceClassification, "roberta": AutoModelForSequenceClassification,
            "gpt2": AutoModelForCausalLM}
@@ -59,6 +60,43 @@ def test_sparsity_report_measures_each_fused_block(tiny_model):
     c_attn = report["transformer.h.1.attn.c_attn"]
     assert c_attn["shape"] == [96, 32] and len(c_attn["block_sparsity"]) == 3
     assert all(s == pytest.approx(math.floor(0.9 * 1024) / 1024) for s in c_attn["block_sparsity"])
+
+
+# The value rows of layer 0's fused q/k/v, read off the attention code: Phi-3 (grouped-query)
+# keeps q (4 heads x 16 rows), k and v (2 x 16 each) one after the other; GPT-NeoX views the
+# rows as (4 heads, 3 x 16), so v is the last 16 rows of every head's 48.
+VALUE_ROWS = {
+    "phi3": ("model.layers.0.self_attn.qkv_proj", list(range(96, 128)), [64 * 64, 32 * 64, 32 * 64]),
+    "gpt_neox": ("gpt_neox.layers.0.attention.query_key_value", [h * 48 + 32 + i for h in range(4) for i in range(16)],
+                 [64 * 64] * 3),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(VALUE_ROWS))
+def test_sparsity_report_follows_unequal_and_interleaved_blocks(model_type, tmp_path):
+    name, value_rows, block_numel = VALUE_ROWS[model_type]
+    model = causal_lm(model_type)
+    with torch.no_grad():
+        model.get_submodule(name).weight[value_rows] = 0  # v all zero, q and k untouched
+    plain = {r["name"]: r for r in pst.sparsity_report(model)}[name]  # layout from the defaults and config
+    wrapped = {r["name"]: r for r in pst.sparsity_report(pst.sparsify(model, PSTConfig()))}[name]  # layer.layout
+    for row in (plain, wrapped):
+        assert row["block_numel"] == block_numel and row["block_sparsity"] == [0.0, 0.0, 1.0]
+        assert row["block_zeros"] == [0, 0, block_numel[2]]
+    # At a sparsity, wrapped and merged: every block holds exactly floor(p n k) zeros.
+    perturb(model)
+    pst.set_sparsity(model, 0.6)
+    for reported in (pst.sparsity_report(model), pst.sparsity_report(pst.merge(model))):
+        row = {r["name"]: r for r in reported}[name]
+        assert row["block_zeros"] == [math.floor(0.6 * numel) for numel in block_numel]
+
+
+def test_sparsity_report_names_a_module_whose_blocks_do_not_fit():
+    model = causal_lm("phi3")
+    with pytest.raises(ValueError, match=r"cannot measure model.layers.0.self_attn.qkv_proj block by block: .*proportions"):
+        pst.sparsity_report(model, fused_modules={"qkv_proj": [1, 1, 1]})
+    rows = pst.sparsity_report(model, target_modules=["qkv_proj"], fused_modules={})
+    assert [len(r["block_zeros"]) for r in rows] == [1, 1]  # explicitly not split
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])

@@ -30,21 +30,22 @@ def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Build each arch once per module; the builds are the expensive part."""
     root = tmp_path_factory.mktemp("tiny")
     return {arch: build_tiny_model(arch, root / arch, CORPUS, vocab_size=400, pretrain_steps=5, seed=0)
-            for arch in ("bert", "roberta", "gpt2")}
+            for arch in ("bert", "roberta", "gpt2", "llama")}
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2", "llama"])
 def test_folder_holds_a_hub_like_checkpoint(tiny_folders: dict[str, Path], arch: str) -> None:
     folder = tiny_folders[arch]
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MARKER_FILE):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == arch
-    expected_arch = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel"}[arch]
+    expected_arch = {"bert": "BertForPreTraining", "roberta": "RobertaForMaskedLM", "gpt2": "GPT2LMHeadModel",
+                     "llama": "LlamaForCausalLM"}[arch]
     assert config["architectures"] == [expected_arch]
 
 
@@ -130,9 +131,29 @@ def test_gpt2_causal_lm_and_pad_token(tiny_folders: dict[str, Path]) -> None:
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
 
 
+def test_llama_is_a_grouped_query_causal_lm_with_llama_s_tokenizer(tiny_folders: dict[str, Path]) -> None:
+    import pst
+
+    folder = tiny_folders["llama"]
+    tokenizer = load_tokenizer(folder)
+    assert type(tokenizer).__name__ == "LlamaTokenizer"
+    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert tokenizer.convert_ids_to_tokens(3) == "<0x00>"  # byte fallback, as LLaMA's vocabulary
+    assert tokenizer("The cat sat.")["input_ids"][0] == tokenizer.bos_token_id  # <s> first, as LLaMA
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    model = load_model(folder, "causal-lm")
+    assert model.config.pad_token_id == tokenizer.eos_token_id
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # k, v smaller than q
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    batch = tokenizer(["The cat sat on the mat.", "hi"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, batch["input_ids"].shape[1], len(tokenizer))
+    # PST's LLaMA defaults apply: q, k, v, o, gate, up, down of both blocks, not the tied head.
+    assert len(list(pst.sparse_layers(pst.sparsify(model, pst.PSTConfig())))) == 2 * 7
+
+
 def test_byte_level_tokenizers_round_trip_unseen_text(tiny_folders: dict[str, Path]) -> None:
     text = "Zebra café — ünïcödé!"
-    for arch in ("roberta", "gpt2"):
+    for arch in ("roberta", "gpt2", "llama"):
         tokenizer = load_tokenizer(tiny_folders[arch])
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert tokenizer.decode(ids) == text  # no byte is lost to an unknown token
@@ -229,7 +250,7 @@ def test_build_is_identical_across_processes(tmp_path: Path, tiny_folders: dict[
     script = (
         "import sys, json; from pathlib import Path; from pst.repro.models import build_tiny_model\n"
         "corpus = json.loads(sys.argv[2])\n"
-        "for arch in ('bert', 'roberta', 'gpt2'):\n"
+        "for arch in ('bert', 'roberta', 'gpt2', 'llama'):\n"
         "    build_tiny_model(arch, Path(sys.argv[1]) / arch, corpus, vocab_size=400, pretrain_steps=5, seed=0)\n"
     )
     root = Path(__file__).resolve().parent.parent
@@ -258,7 +279,7 @@ def held_out_text() -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2", "llama"])
 def test_tokenizer_learnt_on_bundled_text_keeps_real_words_whole(tmp_path: Path, arch: str, held_out_text) -> None:
     from pst.repro.data.bundled import pretraining_corpus
     from pst.repro.models import TINY_VOCAB_SIZE, tokenizer_quality
@@ -266,7 +287,7 @@ def test_tokenizer_learnt_on_bundled_text_keeps_real_words_whole(tmp_path: Path,
     folder = build_tiny_model(arch, tmp_path / arch, pretraining_corpus(), pretrain_steps=0)
     quality = tokenizer_quality(load_tokenizer(folder), held_out_text)
     assert quality["vocab_size"] >= TINY_VOCAB_SIZE - 1
-    assert quality["pieces_per_word"] < 1.5  # measured 1.43 (WordPiece), 1.38 (byte-level BPE)
+    assert quality["pieces_per_word"] < 1.5  # measured 1.43 (WordPiece), 1.38 (byte-level BPE), 1.36 (LLaMA)
     assert quality["unk_rate"] < 0.001
 
 
@@ -290,16 +311,19 @@ def test_tokenizer_quality_counts_bert_pre_tokens(tiny_folders: dict[str, Path])
         tokenizer_quality(tokenizer, ["  "])
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2", "llama"])
 def test_pretraining_blocks_are_full_and_framed(tiny_folders: dict[str, Path], arch: str) -> None:
     from pst.repro.models import TINY_PRETRAIN_LENGTH, _packed_blocks
 
     tokenizer = load_tokenizer(tiny_folders[arch])
     blocks = _packed_blocks(tokenizer, CORPUS * 3, TINY_PRETRAIN_LENGTH)
     assert len(blocks) > 1 and {len(b) for b in blocks} == {TINY_PRETRAIN_LENGTH}
-    if arch != "gpt2":  # [CLS] ... [SEP] / <s> ... </s>, as the fine-tuning inputs are framed
-        frame = tokenizer("")["input_ids"]
-        assert all(b[0] == frame[0] and b[-1] == frame[1] for b in blocks)
+    # Framed as the model's inputs are: [CLS] ... [SEP], <s> ... </s>, <s> ... (LLaMA), bare (GPT-2).
+    frame = {"bert": ["[CLS]", "[SEP]"], "roberta": ["<s>", "</s>"], "llama": ["<s>"], "gpt2": []}[arch]
+    assert tokenizer.convert_ids_to_tokens(tokenizer("")["input_ids"]) == frame
+    if frame:
+        assert all(b[0] == tokenizer.convert_tokens_to_ids(frame[0]) for b in blocks)
+        assert all(b[-1] == tokenizer.convert_tokens_to_ids(frame[-1]) for b in blocks) or len(frame) == 1
 
 
 def test_resolve_model_keeps_one_folder_per_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

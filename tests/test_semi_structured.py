@@ -1,6 +1,6 @@
 """2:4 checks on CPU, the conversion's errors, and the conversion itself where a suitable CUDA GPU exists."""
-import dataclasses
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -129,11 +129,9 @@ def test_inference_benchmark_runs_everywhere(capsys):
         assert result["measured"] is False and "not measured" in capsys.readouterr().out
 
 
-# -- PST's N:M pattern, once the layer provides it -----------------------------------------------
+# -- PST's N:M pattern: trained, ramped, merged ------------------------------------------------
 
 
-@pytest.mark.skipif("pattern" not in {f.name for f in dataclasses.fields(PSTConfig)},
-                    reason="PSTConfig(pattern='2:4') comes with the new layer")
 def test_pst_2_4_pattern_merges_into_2_4_linear_weights():
     model = pst.sparsify(causal_lm("llama"), PSTConfig(pattern="2:4"))
     perturb(model)
@@ -142,3 +140,42 @@ def test_pst_2_4_pattern_merges_into_2_4_linear_weights():
     for name, module in merged.named_modules():
         if isinstance(module, nn.Linear) and name != "lm_head":
             assert is_n_m_sparse(module.weight, 2, 4), name
+
+
+def _zeros_per_group(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
+    return (weight == 0).reshape(-1, m).sum(dim=1)
+
+
+def test_pst_trains_a_2_4_llama_in_bf16_along_the_schedule():
+    """PST with pattern="2:4": the cubic schedule ramps to 50% with exactly floor(p n k) zeros per
+    block at every step and never more than 2 zeros in a group of 4; the end is exactly 2:4."""
+    config = PSTConfig(pattern="2:4", warmup_fraction=0.2, cooldown_fraction=0.2)
+    assert config.sparsity == 0.5  # 1 - N/M
+    model = pst.sparsify(causal_lm("llama"), config)
+    optimizer = torch.optim.AdamW(pst.optimizer_parameters(model), lr=1e-2)
+    scheduler = pst.SparsityScheduler(model, total_steps=10)
+    batch = token_batch()
+    sparsities = []
+    for _ in range(10):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch, labels=batch["input_ids"]).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        sparsity = scheduler.step()
+        sparsities.append(sparsity)
+        for name, layer in pst.sparse_layers(model):
+            weight = layer.effective_weight()
+            assert int((weight == 0).sum()) == math.floor(sparsity * weight.numel() + 1e-6), (name, sparsity)
+            assert int(_zeros_per_group(weight).max()) <= 2, (name, sparsity)
+    ramp = [p for p in sparsities if 0 < p < 0.5]
+    assert len(set(ramp)) >= 3 and sparsities[-1] == 0.5 and sparsities == sorted(sparsities)
+    trained = pst.sparse_layers(model)
+    assert all(layer.V.abs().sum() > 0 and layer.B.abs().sum() > 0 for _, layer in trained)  # the score trained
+    merged = pst.merge(model)
+    linears = {name: m for name, m in merged.named_modules() if isinstance(m, nn.Linear) and name != "lm_head"}
+    assert len(linears) == 2 * 7
+    for name, module in linears.items():
+        assert is_n_m_sparse(module.weight, 2, 4), name
+        assert bool((_zeros_per_group(module.weight) == 2).all()), name  # at 1 - N/M: exactly M - N per group

@@ -1,7 +1,8 @@
 """Tiny decoder models of every family with PST defaults, built from their config classes (no download).
 
-Each family lists the projections its defaults must wrap in every block (hand-written from the
-modeling code, so a regex that misses one fails the tests) and those deliberately left dense.
+Each family lists the projections its defaults must wrap in every block, and for fused ones the
+rows of each matrix they fuse, both hand-written from the modeling code (the attention or MLP code
+that splits the fused output), so a default that misses a projection or splits it wrongly fails.
 """
 from __future__ import annotations
 
@@ -29,8 +30,11 @@ class Family:
     config_class: str
     projections: tuple[str, ...]  # wrapped in every block, relative to the block
     config: dict = field(default_factory=dict)  # overrides of _COMMON (None removes a key)
-    dense: tuple[str, ...] = ()  # Linear projections of a block that the defaults leave alone
     blocks: str = "model.layers"  # where the blocks live in the *ForCausalLM model
+    # Fused projections: (rows of each fused matrix per repetition, repetitions), e.g. Phi-3's
+    # qkv_proj is q (4 heads x 16), k and v (2 heads x 16 each) once; GPT-NeoX's query_key_value
+    # repeats q, k, v of 16 rows for each of its 4 heads.
+    fused: dict = field(default_factory=dict)
 
     def build_config(self, **overrides) -> transformers.PretrainedConfig:
         values = {**_COMMON, **self.config, **overrides}
@@ -43,6 +47,9 @@ class Family:
 
 
 _NO_GQA = dict(num_key_value_heads=None)
+_PER_HEAD_QKV = ((16, 16, 16), 4)  # 4 heads of 16, q | k | v side by side per head
+_BLOOM_STYLE = dict(_NO_GQA, intermediate_size=None, num_hidden_layers=None, num_attention_heads=None,
+                    n_layer=LAYERS, n_head=4)
 FAMILIES = {
     f.model_type: f
     for f in (
@@ -73,10 +80,27 @@ FAMILIES = {
             "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "mlp.fc_in", "mlp.fc_out",
         ), dict(_NO_GQA, intermediate_size=None, hidden_size=None, num_hidden_layers=None, num_attention_heads=None,
                 n_embd=64, n_inner=128, n_layer=LAYERS, n_head=4, rotary_dim=8), blocks="transformer.h"),
-        Family("phi3", "Phi3Config", ("self_attn.o_proj", "mlp.down_proj"),
-               dense=("self_attn.qkv_proj", "mlp.gate_up_proj")),
-        Family("gpt_neox", "GPTNeoXConfig", ("attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
-               _NO_GQA, dense=("attention.query_key_value",), blocks="gpt_neox.layers"),
+        Family("phi3", "Phi3Config", (
+            "self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj",
+        ), fused={"self_attn.qkv_proj": ((64, 32, 32), 1), "mlp.gate_up_proj": ((128, 128), 1)}),
+        *(Family(model_type, config_class, (
+            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_up_proj",
+            "mlp.down_proj",
+        ), dict(head_dim=16), fused={"mlp.gate_up_proj": ((128, 128), 1)})
+          for model_type, config_class in (("glm", "GlmConfig"), ("glm4", "Glm4Config"))),
+        Family("gpt_neox", "GPTNeoXConfig", (
+            "attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+        ), _NO_GQA, blocks="gpt_neox.layers", fused={"attention.query_key_value": _PER_HEAD_QKV}),
+        Family("bloom", "BloomConfig", (
+            "self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+        ), _BLOOM_STYLE, blocks="transformer.h", fused={"self_attention.query_key_value": _PER_HEAD_QKV}),
+        Family("persimmon", "PersimmonConfig", (
+            "self_attn.query_key_value", "self_attn.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+        ), _NO_GQA, fused={"self_attn.query_key_value": _PER_HEAD_QKV}),
+        Family("mpt", "MptConfig", ("attn.Wqkv", "attn.out_proj", "ffn.up_proj", "ffn.down_proj"),
+               dict(_NO_GQA, intermediate_size=None, hidden_size=None, num_hidden_layers=None, num_attention_heads=None,
+                    d_model=64, n_heads=4, n_layers=LAYERS, expansion_ratio=2),
+               blocks="transformer.blocks", fused={"attn.Wqkv": ((64, 64, 64), 1)}),
     )
 }
 

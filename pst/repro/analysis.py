@@ -18,8 +18,7 @@ are only meaningful against a baseline: :func:`shuffled_decomposition` computes 
 random permutation of S's entries (same values, no structure), and
 :func:`iid_expected_shares` gives what pure i.i.d. noise would show (Marchenko-Pastur).
 
-Everything runs in float64 on the CPU. Figures use matplotlib's Agg backend and are
-returned, not saved: the caller (a notebook, ``pst.repro.report``) saves them.
+Everything runs in float64 on the CPU. The figures are in :mod:`pst.repro.analysis_figures`.
 
 PST's own scores: the file holds its factors A, B, R, C; :func:`pst_score` rebuilds the
 data-driven part ``alpha1 A B + alpha2 (R 1^T + 1 C^T)``. By construction it has rank at most
@@ -32,19 +31,19 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..fused import BlockLayout
+from ..surgery import block_layout
 from .runstate import SCORES_SUFFIX  # the side file a GLUE run writes next to its record (save_scores=True)
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 #: Share kinds, in the order tables and figures show them.
@@ -97,14 +96,16 @@ def pst_score(
     C: torch.Tensor | None,
     alpha1: float = 1.0,
     alpha2: float = 1.0,
+    layout: BlockLayout | None = None,
 ) -> torch.Tensor:
     """PST's learned data-driven score ``alpha1 A B + alpha2 (R 1^T + 1 C^T)`` as an n x k matrix.
 
     Shapes follow ``pst.layers.SparseLayer``: A (n x r_s), R (n), and for an unfused layer
-    B (r_s x k), C (k); for a layer fusing ``blocks`` matrices (GPT-2 ``c_attn``) B and C
-    carry a leading block axis (blocks x r_s x k, blocks x k) and block b owns output rows
-    ``b * n / blocks`` to ``(b + 1) * n / blocks``. The result is in output x input
-    orientation with the blocks stacked along the rows, like ``SparseLayer.effective_weight``.
+    B (r_s x k), C (k); for a layer fusing several matrices B and C carry a leading block axis
+    (blocks x r_s x k, blocks x k), and ``layout`` (the layer's :class:`pst.fused.BlockLayout`)
+    says which rows each block owns: unequal (Phi-3's grouped-query ``qkv_proj``) or interleaved
+    per head (GPT-NeoX). Without it the blocks are equal and contiguous (GPT-2 ``c_attn``). The
+    result is in output x input orientation, like ``SparseLayer.effective_weight``.
     Either pair may be ``None`` (the ablations that drop AB or R + C), not both.
     """
     if (A is None) != (B is None) or (R is None) != (C is None):
@@ -112,65 +113,90 @@ def pst_score(
                          f"A={_shape(A)}, B={_shape(B)}, R={_shape(R)}, C={_shape(C)}")
     if A is None and R is None:
         raise ValueError("pst_score needs A and B, or R and C (or all four); got none")
-    blocks = B.shape[0] if B is not None and B.dim() == 3 else C.shape[0] if C is not None and C.dim() == 2 else 1
+    blocks = _factor_blocks(B, C)
     n = A.shape[0] if A is not None else R.shape[0]
     k = B.shape[-1] if B is not None else C.shape[-1]
-    if n % blocks:
-        raise ValueError(f"{n} output rows cannot be split into {blocks} fused blocks")
-    n_b = n // blocks
+    layout = _checked_layout(layout, blocks, n)
     like = A if A is not None else R
-    part = torch.zeros(blocks, n_b, k, dtype=like.dtype, device=like.device)
+    score = torch.zeros(n, k, dtype=like.dtype, device=like.device)
     if A is not None:
         rank = A.shape[1]
         if A.dim() != 2 or B.shape[-2:] != (rank, k) or (B.dim() == 3 and B.shape[0] != blocks):
             raise ValueError(f"A {tuple(A.shape)} and B {tuple(B.shape)} do not multiply for {blocks} block(s)")
-        part += alpha1 * torch.bmm(A.reshape(blocks, n_b, rank), B.reshape(blocks, rank, k))
+        B = B.reshape(blocks, rank, k)
+        for j in range(blocks):  # (repeats, rows, r) @ (r, k)
+            layout.rows_of(score, j).add_(alpha1 * layout.rows_of(A, j) @ B[j])
     if R is not None:
         if R.shape != (n,) or C.shape[-1] != k or C.numel() != blocks * k:
             raise ValueError(f"R {tuple(R.shape)} and C {tuple(C.shape)} do not fit an {n} x {k} matrix "
                              f"of {blocks} block(s)")
-        part += alpha2 * (R.reshape(blocks, n_b, 1) + C.reshape(blocks, 1, k))
-    return part.reshape(n, k)
+        C = C.reshape(blocks, k)
+        for j in range(blocks):
+            layout.rows_of(score, j).add_(alpha2 * (layout.rows_of(R, j).unsqueeze(-1) + C[j]))
+    return score
+
+
+def _factor_blocks(B: torch.Tensor | None, C: torch.Tensor | None) -> int:
+    """How many fused blocks PST factors hold (their leading block axis; 1 without one)."""
+    if B is not None and B.dim() == 3:
+        return B.shape[0]
+    return C.shape[0] if C is not None and C.dim() == 2 else 1
+
+
+def _checked_layout(layout: BlockLayout | None, blocks: int, rows: int) -> BlockLayout:
+    if layout is None:
+        return BlockLayout.equal(blocks, rows)
+    if layout.num_blocks != blocks or layout.rows != rows:
+        raise ValueError(f"a layout of {layout.num_blocks} block(s) over {layout.rows} rows does not fit "
+                         f"factors of {blocks} block(s) over {rows} rows")
+    return layout
 
 
 def score_matrices(
     scores_by_layer: Mapping[str, torch.Tensor | Mapping[str, torch.Tensor]],
     alpha1: float = 1.0,
     alpha2: float = 1.0,
-    fused_modules: Mapping[str, int] | None = None,
+    fused_modules: Mapping[str, int | list | dict] | None = None,
+    model_config=None,
 ) -> dict[str, torch.Tensor]:
     """One data-driven score matrix per (block of a) layer, from :func:`load_scores` groups.
 
     A group with ``scores`` (movement pruning) gives that matrix; one with PST factors gives
     :func:`pst_score`. A plain tensor is taken as it is. Fused layers are split into their
-    blocks, named ``<layer>[b]``, since each block has its own mask (and its own C): PST's
-    block count comes from its factors' shapes, a movement layer's from ``fused_modules``
-    (suffix -> blocks, as in ``PSTConfig.fused_modules``, e.g. ``{"c_attn": 3}``).
+    blocks, named ``<layer>[b]``, since each block has its own mask (and its own C). Which rows
+    each block owns comes from ``fused_modules`` (suffix -> spec, as ``PSTConfig.fused_modules``:
+    ``{"c_attn": 3}``, Phi-3's ``{"qkv_proj": ["num_attention_heads", "num_key_value_heads",
+    "num_key_value_heads"]}``, GPT-NeoX's interleaved one), whose attribute names are read from
+    ``model_config``; PST factors with a block axis and no matching spec split into equal blocks.
     """
     fused = dict(fused_modules or {})
     matrices: dict[str, torch.Tensor] = {}
     for name, value in scores_by_layer.items():
-        blocks = 1
+        factors = None
         if isinstance(value, torch.Tensor):
             matrix = value
         elif "scores" in value:
             matrix = value["scores"]
         elif any(part in value for part in _PST_FACTORS):
             factors = {part: value.get(part) for part in _PST_FACTORS}
-            matrix = pst_score(**factors, alpha1=alpha1, alpha2=alpha2)
-            B, C = factors["B"], factors["C"]
-            blocks = B.shape[0] if B is not None and B.dim() == 3 else C.shape[0] if C is not None and C.dim() == 2 else 1
         else:
             raise ValueError(f"layer {name!r} has no score matrix and no PST factors; parts: {sorted(value)} "
                              f"(expected 'scores' or some of {_PST_FACTORS})")
-        if blocks == 1:
-            blocks = next((b for suffix, b in fused.items() if name == suffix or name.endswith("." + suffix)), 1)
+        rows = matrix.shape[0] if factors is None else (factors["A"] if factors["A"] is not None else factors["R"]).shape[0]
+        try:
+            layout = block_layout(name, rows, fused, model_config)
+            if factors is not None:
+                blocks = _factor_blocks(factors["B"], factors["C"])
+                layout = _checked_layout(layout if layout.num_blocks > 1 else None, blocks, rows)
+                matrix = pst_score(**factors, alpha1=alpha1, alpha2=alpha2, layout=layout)
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}") from None
         if matrix.dim() != 2:
             raise ValueError(f"layer {name!r}: score must be a matrix, got shape {tuple(matrix.shape)}")
-        if blocks == 1:
+        if layout.num_blocks == 1:
             matrices[name] = matrix
         else:
-            for b, block in enumerate(matrix.chunk(blocks, dim=0)):
+            for b, block in enumerate(layout.split(matrix)):
                 matrices[f"{name}[{b}]"] = block
     return matrices
 
@@ -367,187 +393,6 @@ def layer_structure_table(
     columns = ["layer", "shape", "rows", "cols", "rank", *SHARE_KINDS,
                *(f"shuffled_{kind}" for kind in SHARE_KINDS), "iid_low_rank"]
     return pd.DataFrame(rows, columns=columns)
-
-
-# --------------------------------------------------------------------------- figures
-
-#: Readable names for BERT-like sublayers, applied after the common prefix is removed.
-_ABBREVIATIONS = (
-    (r"attention\.self\.", ""),
-    (r"attention\.output\.dense", "attn.out"),
-    (r"intermediate\.dense", "ffn.in"),
-    (r"output\.dense", "ffn.out"),
-)
-
-
-def short_names(names: Sequence[str]) -> list[str]:
-    """Layer names without their common dotted prefix, BERT sublayers abbreviated."""
-    names = list(names)
-    if not names:
-        return []
-    parts = [name.split(".") for name in names]
-    common = 0
-    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
-        common += 1
-    if len(names) == 1:
-        common = max(0, len(parts[0]) - 4)
-    short = []
-    for p in parts:
-        label = ".".join(p[common:])
-        for pattern, replacement in _ABBREVIATIONS:
-            label = re.sub(pattern, replacement, label)
-        short.append(label)
-    return short
-
-
-def _pick(names: Sequence[str], chosen: Iterable[str] | None, limit: int) -> list[str]:
-    """The chosen names (checked), or up to ``limit`` names spread evenly over the list."""
-    names = list(names)
-    if chosen is not None:
-        chosen = list(chosen)
-        missing = [c for c in chosen if c not in names]
-        if missing:
-            raise ValueError(f"unknown layer(s) {missing}; available: {names[:6]}{' ...' if len(names) > 6 else ''}")
-        return chosen
-    if len(names) <= limit:
-        return names
-    return [names[i] for i in np.linspace(0, len(names) - 1, limit).round().astype(int)]
-
-
-#: Normalised singular values below this many machine epsilons (of the score's own dtype)
-#: are rounding noise around an exact zero and are not plotted.
-_ZERO_SINGULAR_VALUE = 100
-
-
-def _figure(width: float, height: float) -> "Figure":
-    from matplotlib.figure import Figure  # not pyplot: no global state, works headless (Agg)
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def spectrum_figure(
-    scores_by_layer: Mapping[str, torch.Tensor | Mapping[str, torch.Tensor]],
-    layers: Iterable[str] | None = None,
-    rank: int = 8,
-    max_layers: int = 4,
-    seed: int = 0,
-    **score_options,
-) -> "Figure":
-    """Normalised singular values (log scale) of a few score matrices against their shuffled baselines.
-
-    One panel per layer: ``S - mean`` (real), the residual after the row/column fit, and the
-    shuffled matrix, all divided by ``||S - mean||_F``, on log-log axes (the head of a
-    768-value spectrum is where low rank shows); a dashed line marks ``rank``. Singular
-    values that are numerically zero (the double-centred residual loses one rank, PST's
-    score has rank <= r_s + 2) are left out of the log axis: those below 100 machine epsilons
-    of the score's dtype.
-    ``layers`` picks matrices by name (see :func:`score_matrices`), default ``max_layers``
-    spread over the model.
-    """
-    matrices = score_matrices(scores_by_layer, **score_options)
-    names = _pick(list(matrices), layers, max_layers)
-    if not names:
-        raise ValueError("spectrum_figure needs at least one score matrix")
-    columns = min(len(names), 4)
-    grid_rows = math.ceil(len(names) / columns)
-    figure = _figure(3.2 * columns, 2.8 * grid_rows)
-    axes = figure.subplots(grid_rows, columns, squeeze=False, sharey=True).ravel()
-    for ax in axes[len(names):]:
-        ax.remove()
-    for ax, name, label in zip(axes, names, short_names(names)):
-        matrix = matrices[name]
-        real = structure_decomposition(matrix, rank)
-        shuffled = shuffled_decomposition(matrix, rank, seed)
-        floor = _ZERO_SINGULAR_VALUE * torch.finfo(matrix.dtype if matrix.is_floating_point() else torch.float64).eps
-        for values, style in (
-            (real["spectrum"], dict(label="score S - mean")),
-            (real["residual_spectrum"], dict(label="after R, C removed", linestyle=":")),
-            (shuffled["spectrum"], dict(label="shuffled S", color="grey")),
-        ):
-            values = values.numpy()
-            shown = values > floor  # exact zeros (e.g. the residual's lost rank) off the log axis
-            ax.plot(np.arange(1, len(values) + 1)[shown], values[shown], **style)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.axvline(real["rank"], color="black", linestyle="--", linewidth=0.8)
-        ax.set_title(f"{label}\n{real['shape'][0]} x {real['shape'][1]}", fontsize=9)
-        ax.set_xlabel("singular value index")
-    axes[0].set_ylabel(r"$\sigma_i / \|S - \bar{S}\|_F$")
-    axes[0].legend(fontsize=7)
-    return figure
-
-
-def explained_share_figure(table: "pd.DataFrame", kinds: Sequence[str] = SHARE_KINDS) -> "Figure":
-    """Bars of the explained share per layer, real against shuffled, one panel per share kind.
-
-    ``table`` is :func:`layer_structure_table`'s output; when it has ``iid_low_rank`` the
-    ``low_rank`` panel also marks the i.i.d. noise floor.
-    """
-    unknown = [kind for kind in kinds if kind not in SHARE_KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"kinds must be a non-empty subset of {SHARE_KINDS}, got {list(kinds)}")
-    missing = [c for c in ("layer", *kinds, *(f"shuffled_{k}" for k in kinds)) if c not in table.columns]
-    if missing:
-        raise ValueError(f"table lacks column(s) {missing}; build it with layer_structure_table")
-    if table.empty:
-        raise ValueError("explained_share_figure needs a table with at least one layer")
-    labels = short_names(table["layer"].tolist())
-    x = np.arange(len(table))
-    figure = _figure(max(6.0, 0.16 * len(table) + 2), 2.2 * len(kinds) + 0.8)
-    axes = figure.subplots(len(kinds), 1, sharex=True, squeeze=False).ravel()
-    width = 0.4
-    rank = int(table["rank"].max()) if "rank" in table.columns else None
-    for ax, kind in zip(axes, kinds):
-        ax.bar(x - width / 2, table[kind], width, label="learned score")
-        ax.bar(x + width / 2, table[f"shuffled_{kind}"], width, label="shuffled", color="grey")
-        if kind == "low_rank" and "iid_low_rank" in table.columns:
-            ax.plot(x, table["iid_low_rank"], "k_", markersize=8, label="i.i.d. noise (MP)")
-        title = SHARE_LABELS[kind].replace("rank r", f"rank {rank}") if rank is not None else SHARE_LABELS[kind]
-        ax.set_title(title, fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("share of energy")
-    axes[0].legend(fontsize=7, loc="upper right")
-    axes[-1].set_xticks(x, labels, rotation=90, fontsize=6 if len(x) > 24 else 8)
-    return figure
-
-
-def heatmap_figure(
-    S_by_name: Mapping[str, torch.Tensor | Mapping[str, torch.Tensor]],
-    names: Iterable[str] | None = None,
-    rank: int = 8,
-    crop: int = 64,
-    max_layers: int = 3,
-    **score_options,
-) -> "Figure":
-    """Heat maps of score matrices (top-left ``crop`` x ``crop``) beside their R + C + rank-r fits.
-
-    One row per matrix: the score, its :func:`structured_approximation` (computed on the
-    whole matrix, then cropped) on the same colour scale, and one colour bar, so
-    ``3 * rows`` axes. The colour scale spans the 1st to 99th percentile of the crop.
-    """
-    matrices = score_matrices(S_by_name, **score_options)
-    chosen = _pick(list(matrices), names, max_layers)
-    if not chosen:
-        raise ValueError("heatmap_figure needs at least one score matrix")
-    figure = _figure(7.0, 3.0 * len(chosen))
-    axes = figure.subplots(len(chosen), 2, squeeze=False)
-    for (ax_real, ax_fit), name, label in zip(axes, chosen, short_names(chosen)):
-        matrix = _as_float64_matrix(matrices[name])
-        fit = structured_approximation(matrix, rank)
-        share = structure_decomposition(matrix, rank)["both"]
-        real_crop, fit_crop = matrix[:crop, :crop].numpy(), fit[:crop, :crop].numpy()
-        low, high = np.percentile(real_crop, [1, 99])
-        if high <= low:
-            low, high = low - 0.5, high + 0.5
-        image = ax_real.imshow(real_crop, cmap="RdBu_r", vmin=low, vmax=high, interpolation="nearest")
-        ax_fit.imshow(fit_crop, cmap="RdBu_r", vmin=low, vmax=high, interpolation="nearest")
-        ax_real.set_title(f"{label}: score", fontsize=9)
-        ax_fit.set_title(f"R + C + rank {min(rank, min(matrix.shape))} ({share:.0%} of energy)", fontsize=9)
-        for ax in (ax_real, ax_fit):
-            ax.set_xlabel("input")
-        ax_real.set_ylabel("output")
-        figure.colorbar(image, ax=[ax_real, ax_fit], shrink=0.8)
-    return figure
 
 
 def _shape(t: torch.Tensor | None) -> tuple | None:

@@ -35,6 +35,9 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Tokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
     PreTrainedModel,
     RobertaConfig,
     RobertaForMaskedLM,
@@ -45,7 +48,9 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 logger = logging.getLogger(__name__)
 
 MODEL_KINDS = ("sequence-classification", "causal-lm")
-TINY_ARCHS = ("bert", "roberta", "gpt2")
+TINY_ARCHS = ("bert", "roberta", "gpt2", "llama")
+#: Causal language models among them (pre-trained on next-token prediction, not masked LM).
+CAUSAL_ARCHS = ("gpt2", "llama")
 
 #: Name of the file that marks a finished tiny-model folder; written last.
 MARKER_FILE = "pst_tiny_model.json"
@@ -78,6 +83,11 @@ BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Same order as roberta-base: <s>=0, <pad>=1, </s>=2, <unk>=3, then <mask>.
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 GPT2_EOS = "<|endoftext|>"
+# Same order and ids as LLaMA's SentencePiece vocabulary: <unk>=0, <s>=1, </s>=2, then 256 bytes.
+LLAMA_SPECIALS = ["<unk>", "<s>", "</s>"]
+#: Key/value heads of the tiny LLaMA: fewer than its 4 query heads (grouped-query attention, as
+#: LLaMA-3, Mistral and Qwen2 use), so k and v are smaller than q.
+TINY_KV_HEADS = 2
 
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -173,7 +183,8 @@ def build_tiny_model(
     a hub checkpoint does. The model is pre-trained for ``pretrain_steps`` on the
     corpus (masked LM for bert/roberta, saved as ``BertForPreTraining`` with an identity
     pooler / ``RobertaForMaskedLM``, so loading for classification adds only a fresh head, as
-    with the hub checkpoints; causal LM for gpt2). A folder that already holds a finished build with the same settings
+    with the hub checkpoints; causal LM for gpt2 and llama). A folder that already holds a
+    finished build with the same settings
     is reused, not rebuilt.
     """
     if arch not in TINY_ARCHS:
@@ -195,7 +206,7 @@ def build_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _MODEL_BUILDERS[arch](tokenizer)
-        _pretrain(model, tokenizer, corpus, causal=arch == "gpt2", steps=pretrain_steps)
+        _pretrain(model, tokenizer, corpus, causal=arch in CAUSAL_ARCHS, steps=pretrain_steps)
         if arch == "bert":
             model = _with_identity_pooler(model)
     model.save_pretrained(folder)
@@ -221,7 +232,7 @@ def _check_corpus(corpus: list[str]) -> list[str]:
 def _tiny_settings(arch: str, corpus: list[str], vocab_size: int, seed: int) -> dict[str, Any]:
     """Everything that determines the build; a folder is reused only if all of it matches."""
     corpus_hash = hashlib.sha256("\n".join(corpus).encode("utf-8")).hexdigest()
-    return {
+    settings = {
         "recipe_version": TINY_RECIPE_VERSION,
         "arch": arch,
         "vocab_size": vocab_size,
@@ -233,6 +244,9 @@ def _tiny_settings(arch: str, corpus: list[str], vocab_size: int, seed: int) -> 
         "intermediate_size": TINY_INTERMEDIATE,
         "max_length": TINY_MAX_LENGTH,
     }
+    if arch == "llama":
+        settings["num_kv_heads"] = TINY_KV_HEADS
+    return settings
 
 
 def _is_complete(folder: Path, settings: dict[str, Any]) -> bool:
@@ -307,6 +321,24 @@ def _train_gpt2_tokenizer(corpus: list[str], vocab_size: int) -> GPT2Tokenizer:
     return GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=TINY_MAX_LENGTH)
 
 
+def _train_llama_tokenizer(corpus: list[str], vocab_size: int) -> LlamaTokenizer:
+    """LLaMA's kind of tokenizer: SentencePiece-style BPE on words marked by a leading ``▁``, with
+    the 256 byte tokens as fallback (no input is ever unknown) and ``<s>`` put before every text."""
+    backend = Tokenizer(models.BPE(unk_token=LLAMA_SPECIALS[0], byte_fallback=True))
+    # Trained on words (split=True) so that no merge crosses a word boundary; LlamaTokenizer then
+    # applies the merges to whole texts, as SentencePiece does.
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    bytes_ = [f"<0x{value:02X}>" for value in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(bytes_), special_tokens=LLAMA_SPECIALS,
+                                  show_progress=False)
+    backend.train_from_iterator(corpus, trainer)
+    merges = [tuple(pair) for pair in json.loads(backend.to_str())["model"]["merges"]]
+    vocab = {token: index for index, token in enumerate(LLAMA_SPECIALS + bytes_)}
+    for piece, _ in sorted(backend.get_vocab().items(), key=lambda item: item[1]):
+        vocab.setdefault(piece, len(vocab))
+    return LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, model_max_length=TINY_MAX_LENGTH)
+
+
 def tokenizer_quality(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> dict[str, float]:
     """How well ``tokenizer`` fits ``texts``: vocabulary size, pieces per word, share of unknown tokens.
 
@@ -328,6 +360,7 @@ _TOKENIZER_BUILDERS = {
     "bert": _train_wordpiece,
     "roberta": _train_roberta_tokenizer,
     "gpt2": _train_gpt2_tokenizer,
+    "llama": _train_llama_tokenizer,
 }
 
 
@@ -398,6 +431,22 @@ def _tiny_gpt2(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     return GPT2LMHeadModel(config)
 
 
+def _tiny_llama(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_HIDDEN,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=TINY_HEADS,
+        num_key_value_heads=TINY_KV_HEADS,
+        intermediate_size=TINY_INTERMEDIATE,
+        max_position_embeddings=TINY_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,  # as the small LLaMA-style models (Qwen2.5-0.5B, Llama-3.2-1B)
+    )
+    return LlamaForCausalLM(config)
+
+
 def _pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: list[str], causal: bool,
               steps: int) -> None:
     """A short pre-training on the corpus (the caller fixes the random state).
@@ -462,4 +511,4 @@ def _masked_positions_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor
     return torch.nn.functional.cross_entropy(logits, labels[labels != -100])
 
 
-_MODEL_BUILDERS = {"bert": _tiny_bert, "roberta": _tiny_roberta, "gpt2": _tiny_gpt2}
+_MODEL_BUILDERS = {"bert": _tiny_bert, "roberta": _tiny_roberta, "gpt2": _tiny_gpt2, "llama": _tiny_llama}

@@ -34,7 +34,7 @@ def score_structure_outputs(results_dir: str | os.PathLike, out_dir: str | os.Pa
     then the PST outputs of :func:`pst_score_terms_outputs`.
     ``records``: the folder's records when already read (:func:`read_results`).
     """
-    from .. import analysis
+    from .. import analysis, analysis_figures
 
     out_dir, written = Path(out_dir), {}
     records = load(results_dir if records is None else records, experiment)
@@ -60,9 +60,9 @@ def score_structure_outputs(results_dir: str | os.PathLike, out_dir: str | os.Pa
         table.attrs["note"] = (f"Movement pruning's learned scores ({record['run_id']}): share of ||S - mean||_F^2 "
                                f"explained by row/column effects, rank {rank}, and both; shuffled S as a baseline.")
         written[f"tables/score_structure{suffix}"] = save_table(table, out_dir / "tables" / f"score_structure{suffix}")
-        for name, figure in (("score_spectra", analysis.spectrum_figure(scores, rank=rank)),
-                             ("score_explained_share", analysis.explained_share_figure(table)),
-                             ("score_heatmaps", analysis.heatmap_figure(dict(list(scores.items())[:3]), rank=rank))):
+        for name, figure in (("score_spectra", analysis_figures.spectrum_figure(scores, rank=rank)),
+                             ("score_explained_share", analysis_figures.explained_share_figure(table)),
+                             ("score_heatmaps", analysis_figures.heatmap_figure(dict(list(scores.items())[:3]), rank=rank))):
             written[f"figures/{name}{suffix}"] = save_figure(figure, out_dir / "figures" / f"{name}{suffix}")
     return written | pst_score_terms_outputs(results_dir, out_dir, experiment, records)
 

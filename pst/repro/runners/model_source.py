@@ -16,7 +16,7 @@ CACHE_VARIABLE = "PST_TINY_MODEL_CACHE"
 def resolve_model(model: str, models_dir: Path, corpus: Callable[[], list[str]] | None = None) -> str:
     """A path or hub name ``from_pretrained`` accepts.
 
-    ``tiny:bert`` (or ``tiny:roberta``, ``tiny:gpt2``) builds a tiny random model with a
+    ``tiny:bert`` (or ``tiny:roberta``, ``tiny:gpt2``, ``tiny:llama``) builds a tiny random model with a
     tokenizer trained on ``corpus()`` (default: the real text shipped with the package,
     :func:`pst.repro.data.bundled.pretraining_corpus`), pre-trains it briefly on that corpus,
     and returns its folder under ``models_dir`` (or ``$PST_TINY_MODEL_CACHE``), so smoke runs
