@@ -1,6 +1,6 @@
 """The sparse layer: one frozen (or trainable) weight matrix, its mask and its small matrices.
 
-For a weight W (n outputs x k inputs) at sparsity p (shared/PAPER.md):
+For a weight W (n outputs x k inputs) at sparsity p (docs/method.md):
 
     W' = W + beta U V
     S  = |W'| + alpha1 A B + alpha2 (R 1^T + 1 C^T)

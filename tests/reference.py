@@ -1,4 +1,4 @@
-"""A slow, obviously-correct autograd implementation of the PST equations (shared/PAPER.md).
+"""A slow, obviously-correct autograd implementation of the PST equations (docs/method.md).
 
 Everything is written out per block with plain tensor ops, explicit row lists and a full
 stable sort, and the straight-through estimator is the usual M + (S - S.detach()) trick; the

@@ -221,7 +221,7 @@ def test_criteria_table_matches_table_1() -> None:
     assert table.loc["MvP", "Extra trainable params"] == 84_934_656
     assert table.loc["PST", "Extra trainable params"] == 2_820_096
     assert table.loc["PST", "Extra ÷ sparsified weights (×)"] == round(2_820_096 / 84_934_656, 4)
-    assert table.loc["PST", "Trainable ÷ MvP trainable (%)"] == 1.45  # shared/PAPER.md: about 1.45%
+    assert table.loc["PST", "Trainable ÷ MvP trainable (%)"] == 1.45  # docs/method.md: about 1.45%
     assert list(table["Needs data"]) == ["no", "yes", "yes"]
     assert list(table["Paper: extra (×)"]) == ["0×", "1×", "0.01–0.02×"]
 

@@ -1,6 +1,6 @@
 """The importance-score analysis: how much of a learned score matrix is low-rank plus row/column structure.
 
-The paper's motivation (shared/PAPER.md): movement pruning's data-driven score S (n x k,
+The paper's motivation (docs/method.md): movement pruning's data-driven score S (n x k,
 one entry per weight) is close to a low-rank matrix plus per-row and per-column effects,
 which is why PST learns it as ``A B + R 1^T + 1 C^T``. This module measures that on the
 score matrices a GLUE run saves with ``save_scores=True`` (``<record>.scores.safetensors``,

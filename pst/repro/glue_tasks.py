@@ -17,7 +17,7 @@ class GlueTask:
     text_keys: tuple[str, ...]  # the hub's text columns (one sentence, or a pair)
     label_names: tuple[str, ...]  # the hub's class names in id order; () for regression (STS-B)
     metrics: tuple[str, ...]  # what the benchmark reports on a dev split, in the paper's order
-    main_metric: str  # the model-selection metric (PAPER.md)
+    main_metric: str  # the model-selection metric (docs/method.md)
     train_size: int  # training examples, for the cost estimate of the paper profile
     eval_splits: tuple[str, ...] = ("validation",)  # the primary dev split first
     eval_split_names: tuple[str, ...] = ()  # display name per dev split; () means (display_name,)

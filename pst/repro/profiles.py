@@ -25,7 +25,7 @@ PRUNING_BASELINES = ("pst", "magnitude", "movement")
 GLUE_TASKS = tuple(glue_tasks.GLUE_TASKS)  # the paper's eight, in its order
 
 _PAPER_GLUE = {
-    # shared/PAPER.md: BERT batch 32, lr {3e-5, 5e-5, 1e-4, 5e-4}; RoBERTa batch 16,
+    # The paper's settings (docs/method.md): BERT batch 32, lr {3e-5, 5e-5, 1e-4, 5e-4}; RoBERTa batch 16,
     # lr {1e-5, 2e-5, 3e-5, 5e-5}; epochs {20, 40}, or {10, 20} on MNLI and QQP.
     "bert": {"model": "bert-base-uncased", "batch_size": 32, "learning_rates": (3e-5, 5e-5, 1e-4, 5e-4)},
     # The paper's RoBERTa size is not known to us; roberta-base is the official README's example.
@@ -97,7 +97,7 @@ def glue_runs(profile: str, family: str, tasks: Iterable[str] | None = None,
 
 # -- analysis and ablations -----------------------------------------------------------------
 
-#: The paper does not list the tasks of its analyses in shared/PAPER.md; we use these.
+#: The tasks of the paper's analyses and ablations are not known to us (docs/method.md); we use these.
 _ANALYSIS_TASKS = {"smoke": ("sst2",), "paper": ("mrpc", "rte")}
 _ABLATION_TASKS = {"smoke": ("sst2",), "paper": ("mrpc", "rte", "stsb", "cola")}
 

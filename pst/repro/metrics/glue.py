@@ -29,7 +29,7 @@ GLUE_MODULE_PATH = str(Path(__file__).resolve().parent / "evaluate_modules" / "p
 MNLI_CONFIGS = {"validation_matched": "mnli_matched", "validation_mismatched": "mnli_mismatched"}
 METRIC_CONFIGS: tuple[str, ...] = (*GLUE_TASKS, *MNLI_CONFIGS.values())
 
-# The task's model-selection metric (PAPER.md: accuracy; F1 for MRPC/QQP; MCC for CoLA; Pearson for STS-B).
+# The task's model-selection metric (docs/method.md: accuracy; F1 for MRPC/QQP; MCC for CoLA; Pearson for STS-B).
 MAIN_METRIC: dict[str, str] = {
     **{name: task.main_metric for name, task in GLUE_TASKS.items()},
     **{config: GLUE_TASKS["mnli"].main_metric for config in MNLI_CONFIGS.values()},

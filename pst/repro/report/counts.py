@@ -87,7 +87,7 @@ def criteria_table() -> "pd.DataFrame":
             "'Extra ÷ sparsified weights' = parameters the method adds / weights of the 72 sparsified encoder "
             f"matrices ({movement['sparsified_weights']:,}). 'Trainable ÷ MvP trainable' = the method's trainable "
             f"parameters / MvP's ({movement['trainable']:,}: every pre-trained parameter plus the scores). "
-            "Paper columns: Table 1 and the abstract, as summarised in shared/PAPER.md.")
+            "Paper columns: Table 1 and the abstract, as summarised in docs/method.md.")
     return frame(rows, "Method", {"Extra ÷ sparsified weights (×)": 4, "Trainable ÷ MvP trainable (%)": 2}, note)
 
 
