@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..masking import keep_mask, parse_pattern
-from .analysis import pst_score, short_names
+from .analysis import pst_score
+from .analysis_figures import short_names
 
 if TYPE_CHECKING:
     import pandas as pd

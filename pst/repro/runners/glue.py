@@ -29,6 +29,7 @@ from .lifecycle import (
     reusable_record,
     training_arguments,
     training_log,
+    without_printed_logs,
 )
 from .model_source import resolve_model
 
@@ -63,7 +64,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     pst.sparsify(model, pst_config)
 
     eval_splits = {split: features[split] for split in spec.eval_splits}
-    trainer = Trainer(
+    trainer = without_printed_logs(Trainer(
         model=model,
         args=_training_arguments(config, paths.checkpoints),
         train_dataset=features["train"],
@@ -71,7 +72,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=make_compute_metrics(config.task),
         callbacks=[pst.SparsityCallback()],
-    )
+    ))
     trainer.train(resume_from_checkpoint=resume_point(paths))
     if not trainer.is_world_process_zero():  # multi-process runs: one writer
         return {}

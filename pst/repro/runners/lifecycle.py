@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from ... import surgery
 from ...export import sparsity_report
@@ -67,6 +68,13 @@ def training_arguments(config: Any, output_dir: Path, **specific: Any) -> Traini
         bf16=precision_used(config) == "bf16",
         **specific,
     )
+
+
+def without_printed_logs(trainer: Trainer) -> Trainer:
+    """The Trainer without its PrinterCallback, which (with tqdm disabled) prints every log dict
+    to stdout: the record's ``training_log`` keeps them, and notebooks stay readable."""
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def logged_sparsity(entry: dict, prunes: bool) -> float:

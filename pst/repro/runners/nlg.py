@@ -22,7 +22,8 @@ from ..metrics.nlg import e2e_scores, webnlg_scores
 from ..models import load_model, load_tokenizer
 from ..results import write_jsonl
 from ..runstate import run_paths
-from .lifecycle import finish_run, model_summary, resume_point, reusable_record, training_arguments, training_log
+from .lifecycle import (finish_run, model_summary, resume_point, reusable_record, training_arguments, training_log,
+                        without_printed_logs)
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -51,13 +52,13 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
     model = load_model(model_path, "causal-lm")
     pst.sparsify(model, pst_config)
 
-    trainer = Trainer(
+    trainer = without_printed_logs(Trainer(
         model=model,
         args=_training_arguments(config, paths.checkpoints),
         train_dataset=build_lm_features(data["train"], tokenizer, max_length=config.max_length),
         data_collator=LMDataCollator(tokenizer),
         callbacks=[pst.SparsityCallback()],
-    )
+    ))
     trainer.train(resume_from_checkpoint=resume_point(paths))
     if not trainer.is_world_process_zero():
         return {}
