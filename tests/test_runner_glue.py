@@ -29,7 +29,8 @@ FAMILIES = {
 def smoke_config(task, **overrides):
     """PST on a synthetic task with the smoke profile's settings for synthetic tasks."""
     values = dict(task=task, model="tiny:bert", method="pst", learning_rate=SMOKE_SYNTHETIC["learning_rates"]["pst"],
-                  epochs=SMOKE_SYNTHETIC["epochs"], batch_size=16, data_source="synthetic")
+                  epochs=SMOKE_SYNTHETIC["epochs_per_task"].get(task, SMOKE_SYNTHETIC["epochs"]), batch_size=16,
+                  data_source="synthetic")
     return GlueRunConfig(**(values | overrides))
 
 
