@@ -282,3 +282,22 @@ def test_a_bf16_run_trains_in_bf16_mixed_precision_and_says_so(tmp_path, monkeyp
     assert record["precision"] == "bf16" and record["config"]["precision"] == "bf16"
     assert (True, torch.bfloat16) in seen and (True, False) not in seen
     assert all(value == pytest.approx(0.9, abs=1e-3) for value in record["measured_sparsity"].values())
+
+
+def test_resume_point_drops_only_real_checkpoints_of_other_code(tmp_path, caplog):
+    from pst.repro.runners.lifecycle import CHECKPOINT_FINGERPRINT, resume_point
+
+    paths = run_paths(smoke_config("sst2"), tmp_path / "results", tmp_path / "work")
+    paths.checkpoints.mkdir(parents=True)  # what the Trainer makes before training: not a checkpoint of other code
+    with caplog.at_level("WARNING"):
+        assert resume_point(paths) is None
+    assert "other code" not in caplog.text
+    assert (paths.checkpoints / CHECKPOINT_FINGERPRINT).read_text().strip() == code_fingerprint()
+
+    (paths.checkpoints / "checkpoint-5").mkdir()
+    assert resume_point(paths) == str(paths.checkpoints / "checkpoint-5")  # ours: resumed
+
+    (paths.checkpoints / CHECKPOINT_FINGERPRINT).write_text("0123456789abcdef\n")
+    with caplog.at_level("WARNING"):
+        assert resume_point(paths) is None
+    assert "were made by other code" in caplog.text and not (paths.checkpoints / "checkpoint-5").exists()

@@ -159,7 +159,8 @@ def reusable_record(paths: RunPaths, force: bool | float = False, stale_records:
 def resume_point(paths: RunPaths) -> str | None:
     """The last checkpoint to resume from, if the current code made it; older ones are dropped."""
     marker = paths.checkpoints / CHECKPOINT_FINGERPRINT
-    if paths.checkpoints.is_dir() and not (marker.is_file() and marker.read_text().strip() == code_fingerprint()):
+    ours = marker.is_file() and marker.read_text().strip() == code_fingerprint()
+    if not ours and paths.last_checkpoint() is not None:  # the Trainer makes the folder itself: empty is not old
         logger.warning("checkpoints of %s were made by other code: the run starts afresh", paths.run_id)
         shutil.rmtree(paths.checkpoints)
     write_text_atomic(marker, code_fingerprint() + "\n")
