@@ -16,6 +16,7 @@ each, it loads its paraphrase table) and are skipped without Java.
 from __future__ import annotations
 
 import logging
+import subprocess
 from unittest import mock
 
 import pytest
@@ -379,3 +380,31 @@ def test_webnlg_all_metrics_match_official():
     assert scores["BLEU"] == pytest.approx(WEBNLG_EDGE_OFFICIAL["BLEU"], abs=0.005)
     assert scores["METEOR"] == pytest.approx(WEBNLG_EDGE_OFFICIAL["METEOR"], rel=1e-9)
     assert scores["TER"] == pytest.approx(WEBNLG_EDGE_OFFICIAL["TER"], rel=1e-12)
+
+
+@pytest.mark.slow
+@needs_java
+def test_meteor_jvm_is_started_once_per_process_and_restarted_if_dead(monkeypatch):
+    starts = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(cmd, *args, **kwargs):
+        if str(nlg.METEOR_JAR) in map(str, cmd):
+            starts.append(cmd)
+        return real_popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
+    server = nlg.meteor_server()
+    server.close()
+    e2e = (E2E_SMALL["predictions"], E2E_SMALL["references"])
+    webnlg = (WEBNLG_SMALL["predictions"], nlg._pad_references(WEBNLG_SMALL["references"]))
+    first = nlg.meteor_stdio(*e2e)
+    pid = server._proc.pid
+    assert nlg.meteor_files(*webnlg) > 0
+    assert nlg.meteor_stdio(*e2e) == first
+    assert nlg.meteor_server() is server and server._proc.pid == pid and len(starts) == 1
+
+    server._proc.kill()
+    server._proc.wait()
+    assert nlg.meteor_stdio(*e2e) == first
+    assert server._proc.pid != pid and len(starts) == 2

@@ -29,12 +29,15 @@ where a sentence ends matters: it decides whether a word-final period is split o
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -226,27 +229,90 @@ def _read_float(line: str) -> float:
         raise RuntimeError(f"METEOR answered {line!r} where a score was expected") from None
 
 
+class MeteorServer:
+    """One ``meteor-1.5.jar - - -stdio -l en -norm`` process, reused by every METEOR score.
+
+    Starting METEOR's JVM (it loads the paraphrase table) takes ~5 s, which dominates scoring
+    small inputs, so a Python process starts it once, lazily, and keeps it (see
+    :func:`meteor_server`). The stdio protocol is coco-caption's: per item a
+    ``SCORE ||| ref1 ||| ... ||| hyp`` line answered by a line of statistics, then
+    ``EVAL ||| stats1 ||| ...`` answered by one score per item and the corpus score (from the
+    summed statistics, not a mean of sentence scores). Thread-safe; a process that died (or was
+    inherited over a fork) is replaced; closed at interpreter exit.
+    """
+
+    CMD = ("java", "-jar", "-Xmx2G", str(METEOR_JAR), "-", "-", "-stdio", "-l", "en", "-norm")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._owner_pid = 0
+
+    def _process(self) -> subprocess.Popen:
+        proc = self._proc
+        if proc is None or proc.poll() is not None or self._owner_pid != os.getpid():
+            proc = subprocess.Popen(self.CMD, cwd=METEOR_JAR.parent, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, encoding="utf-8")
+            self._proc, self._owner_pid = proc, os.getpid()
+        return proc
+
+    def corpus_score(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+        """Corpus METEOR (a fraction). Texts must not contain ``|||`` or line breaks."""
+        with self._lock:
+            proc = self._process()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                stats = []
+                for hyp, refs in zip(hypotheses, references):
+                    proc.stdin.write(" ||| ".join(["SCORE", *refs, hyp]) + "\n")
+                    proc.stdin.flush()
+                    stats.append(proc.stdout.readline().strip())
+                proc.stdin.write(" ||| ".join(["EVAL", *stats]) + "\n")
+                proc.stdin.flush()
+                for _ in stats:
+                    proc.stdout.readline()
+                return _read_float(proc.stdout.readline())
+            except BaseException:
+                self._stop()  # the conversation is out of step: the next call starts afresh
+                raise
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or self._owner_pid != os.getpid():
+            return
+        try:
+            proc.stdin.close()  # type: ignore[union-attr]
+            proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - a stuck or broken process is killed instead
+            proc.kill()
+            proc.wait()
+        finally:
+            proc.stdout.close()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+_METEOR_SERVER: MeteorServer | None = None
+_METEOR_SERVER_LOCK = threading.Lock()
+
+
+def meteor_server() -> MeteorServer:
+    """The process-wide :class:`MeteorServer`, created on first use and closed at exit."""
+    global _METEOR_SERVER
+    with _METEOR_SERVER_LOCK:
+        if _METEOR_SERVER is None:
+            _METEOR_SERVER = MeteorServer()
+            atexit.register(_METEOR_SERVER.close)
+        return _METEOR_SERVER
+
+
 def meteor_stdio(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """coco-caption's METEOR: one ``meteor-1.5.jar -stdio -l en -norm`` process; per item a
-    SCORE line gives statistics, then one EVAL line over all of them gives the corpus score
-    (aggregated statistics, not a mean of sentence scores). Returns a fraction."""
-    cmd = ["java", "-jar", "-Xmx2G", str(METEOR_JAR), "-", "-", "-stdio", "-l", "en", "-norm"]
-    with subprocess.Popen(cmd, cwd=METEOR_JAR.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, encoding="utf-8") as proc:
-        assert proc.stdin is not None and proc.stdout is not None
-        stats = []
-        for pred, refs in zip(predictions, references):
-            pred = pred.replace("|||", "").replace("  ", " ")
-            proc.stdin.write(" ||| ".join(["SCORE", *refs, pred]) + "\n")
-            proc.stdin.flush()
-            stats.append(proc.stdout.readline().strip())
-        proc.stdin.write(" ||| ".join(["EVAL", *stats]) + "\n")
-        proc.stdin.flush()
-        for _ in stats:
-            proc.stdout.readline()
-        score = _read_float(proc.stdout.readline())
-        proc.stdin.close()
-    return score
+    """coco-caption's METEOR (``-stdio -l en -norm``; it deletes ``|||`` from hypotheses and
+    squeezes the double spaces that leaves). Returns a fraction."""
+    preds = [p.replace("|||", "").replace("  ", " ") for p in predictions]
+    return meteor_server().corpus_score(preds, references)
 
 
 def _coco_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
@@ -431,8 +497,19 @@ def _webnlg_bleu(predictions: Sequence[str], padded: Sequence[Sequence[str]]) ->
     return float(bleu.score)
 
 
+def _stdio_safe(text: str) -> bool:
+    """Whether stdio mode reads ``text`` as files mode does: it splits lines on ``|||`` and
+    trims each field (Java's trim drops characters <= U+0020), while files mode splits on
+    line breaks only."""
+    return "|||" not in text and text == text.strip(" ") and all(c >= " " for c in text)
+
+
 def meteor_files(predictions: Sequence[str], padded: Sequence[Sequence[str]]) -> float:
-    """eval.py's METEOR: ``meteor-1.5.jar hyp ref -l en -norm -r N`` on files, one process."""
+    """eval.py's METEOR: ``meteor-1.5.jar hyp ref -l en -norm -r N`` on files. Files mode sums
+    the same per-item statistics as stdio mode (empty references included), so texts that stdio
+    reads unchanged go through the shared :class:`MeteorServer`; others run files mode itself."""
+    if all(_stdio_safe(t) for t in predictions) and all(_stdio_safe(r) for refs in padded for r in refs):
+        return meteor_server().corpus_score(predictions, padded)
     width = len(padded[0])
     with tempfile.TemporaryDirectory(prefix="pst-meteor-") as tmp:
         hyp_file, ref_file = Path(tmp) / "hypothesis", Path(tmp) / "reference"
