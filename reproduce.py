@@ -25,6 +25,7 @@ import ast
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,11 +34,13 @@ ROOT = Path(__file__).resolve().parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = (
     "01_quickstart",
+    "02_inside_a_layer",
     "03_importance_scores",
     "04_glue_bert",
     "05_glue_roberta",
     "06_nlg_gpt2",
     "07_ablations",
+    "08_new_model",
     "09_report",
 )
 ALWAYS_RERUN = {"09_report"}  # cheap, and it must see every record (other shards included)
@@ -235,6 +238,9 @@ def execute(name: str, parameters: dict, out: Path, timeout: int | None) -> None
 
     output = out / "executed" / f"{name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
+    # Progress bars drawn into a headless notebook only leave frozen "0%" lines in its outputs;
+    # the kernel inherits this (tqdm reads TQDM_* variables as its defaults).
+    os.environ.setdefault("TQDM_DISABLE", "1")
     papermill.execute_notebook(
         str(NOTEBOOK_DIR / f"{name}.ipynb"), str(output), parameters=parameters, cwd=str(NOTEBOOK_DIR),
         kernel_name="python3", progress_bar=False, log_output=False, execution_timeout=timeout,
