@@ -41,6 +41,26 @@ def token_batch():
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+class _RandomTokens(torch.utils.data.Dataset):
+    """Random 8-token sequences labelled by their first token mod 3: enough for a Trainer to step."""
+
+    def __init__(self, n=32):
+        generator = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(3, 100, (n, 8), generator=generator)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": torch.tensor(int(self.ids[i, 0]) % 3)}
+
+
+@pytest.fixture
+def token_dataset():
+    """A small classification dataset of random tokens for Trainer tests."""
+    return _RandomTokens()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_tiny_models(tmp_path_factory):
     """Build each tiny stand-in model once per session instead of once per test."""

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 import pst
@@ -110,19 +109,7 @@ def test_fp16_autocast_with_gradient_scaling_trains(tiny_model, token_batch):
     assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.V, before)
 
 
-class _Tokens(Dataset):
-    def __init__(self, n=32):
-        generator = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(3, 100, (n, 8), generator=generator)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": torch.tensor(int(self.ids[i, 0]) % 3)}
-
-
-def test_trainer_in_bf16_reaches_the_target_sparsity(tiny_model, tmp_path):
+def test_trainer_in_bf16_reaches_the_target_sparsity(tiny_model, token_dataset, tmp_path):
     # Trainer(fp16=True) on CPU trains in fp32 (accelerate autocasts fp16 only on GPUs): the
     # fp16 path is covered by the autocast + GradScaler test above.
     model = pst.sparsify(tiny_model("bert"), PSTConfig(sparsity=0.6))
@@ -134,7 +121,7 @@ def test_trainer_in_bf16_reaches_the_target_sparsity(tiny_model, tmp_path):
         save_strategy="no", logging_steps=4, use_cpu=True, disable_tqdm=True, gradient_accumulation_steps=2,
         bf16=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[pst.SparsityCallback()])
+    trainer = Trainer(model=model, args=args, train_dataset=token_dataset, callbacks=[pst.SparsityCallback()])
     trainer.train()
     assert output_dtypes == {torch.bfloat16}
     assert all(math.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)

@@ -3,7 +3,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 import pst
@@ -60,19 +59,7 @@ def test_scheduler_steps_layers_and_resumes(tiny_model):
     assert next(pst.sparse_layers(model))[1].sparsity == cubic_sparsity(9, 20, final_sparsity=0.8)
 
 
-class _Tokens(Dataset):
-    def __init__(self, n=32):
-        generator = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(3, 100, (n, 8), generator=generator)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": torch.tensor(int(self.ids[i, 0]) % 3)}
-
-
-def test_trainer_callback_moves_sparsity_along_the_schedule(tiny_model, tmp_path):
+def test_trainer_callback_moves_sparsity_along_the_schedule(tiny_model, token_dataset, tmp_path):
     model = pst.sparsify(tiny_model("bert"), PSTConfig(sparsity=0.6))
     seen = []
 
@@ -85,7 +72,7 @@ def test_trainer_callback_moves_sparsity_along_the_schedule(tiny_model, tmp_path
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2, report_to=[],
         save_strategy="no", logging_steps=4, use_cpu=True, disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_Tokens(), callbacks=[Recorder()])
+    trainer = Trainer(model=model, args=args, train_dataset=token_dataset, callbacks=[Recorder()])
     trainer.train()
     assert [step for step, _ in seen] == list(range(1, 17))
     assert [p for _, p in seen] == [cubic_sparsity(t, 16, final_sparsity=0.6) for t in range(1, 17)]
