@@ -10,7 +10,7 @@ import pst
 from pst.repro.configs import GlueRunConfig
 from pst.repro.experiments import memberships
 from pst.repro.fingerprint import code_fingerprint
-from pst.repro.profiles import SMOKE_SYNTHETIC
+from pst.repro.profiles import smoke_synthetic_setting
 from pst.repro.results import read_record, write_record
 from pst.repro.runners import glue as glue_runner
 from pst.repro.runners.glue import _evaluations, run_glue
@@ -28,9 +28,9 @@ FAMILIES = {
 
 def smoke_config(task, **overrides):
     """PST on a synthetic task with the smoke profile's settings for synthetic tasks."""
-    values = dict(task=task, model="tiny:bert", method="pst", learning_rate=SMOKE_SYNTHETIC["learning_rates"]["pst"],
-                  epochs=SMOKE_SYNTHETIC["epochs_per_task"].get(task, SMOKE_SYNTHETIC["epochs"]), batch_size=16,
-                  data_source="synthetic")
+    learning_rate, epochs = smoke_synthetic_setting(task, "pst")
+    values = dict(task=task, model="tiny:bert", method="pst", learning_rate=learning_rate, epochs=epochs,
+                  batch_size=16, data_source="synthetic")
     return GlueRunConfig(**(values | overrides))
 
 

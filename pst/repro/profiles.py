@@ -51,6 +51,11 @@ _SMOKE_EPOCHS = {"qnli": 3}
 _SMOKE_TASKS = {"bert": ("sst2", "qnli", "stsb", "mnli"), "roberta": ("sst2", "rte")}
 
 
+def smoke_synthetic_setting(task: str, method: str) -> tuple[float, int]:
+    """The smoke profile's learning rate and epochs for ``method`` on the synthetic ``task``."""
+    return SMOKE_SYNTHETIC["learning_rates"][method], SMOKE_SYNTHETIC["epochs_per_task"].get(task, SMOKE_SYNTHETIC["epochs"])
+
+
 def check_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {list(PROFILES)}")
@@ -82,9 +87,11 @@ def glue_runs(profile: str, family: str, tasks: Iterable[str] | None = None,
     for task, method in itertools.product(tasks, methods):
         if profile == "smoke":
             real = task in bundled.GLUE_TASKS
-            lrs = _SMOKE_GLUE["learning_rates"][method] if real else (SMOKE_SYNTHETIC["learning_rates"][method],)
-            n_epochs = (_SMOKE_EPOCHS.get(task, _SMOKE_GLUE["epochs"]) if real
-                        else SMOKE_SYNTHETIC["epochs_per_task"].get(task, SMOKE_SYNTHETIC["epochs"]))
+            if real:
+                lrs, n_epochs = _SMOKE_GLUE["learning_rates"][method], _SMOKE_EPOCHS.get(task, _SMOKE_GLUE["epochs"])
+            else:
+                lr, n_epochs = smoke_synthetic_setting(task, method)
+                lrs = (lr,)
             epochs, batch = (n_epochs,), _SMOKE_GLUE["batch_size"]
             base = dict(model=f"tiny:{family}", data_source="bundled" if real else "synthetic")
         else:
