@@ -38,6 +38,11 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.pytorch_utils import Conv1D
 
+try:  # FSDP2 shards parameters as DTensors
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch build without distributed support
+    DTensor = None
+
 from .config import PSTConfig
 from .fused import BlockLayout
 from . import masking
@@ -185,8 +190,29 @@ class SparseLayer(nn.Module):
         """This step's mask and factors, rebuilt (with those of stale peers) when out of date."""
         if self._state is None or self._state.key != self._state_key():
             # A copy made by nn.DataParallel shares its original's peers without being one of them.
-            refresh_step_states(self._peers if self._peers and self in self._peers else [self])
+            peers = self._peers if self._peers and self in self._peers else [self]
+            # Under FSDP only this sharding unit's weights are gathered: peers in other units
+            # rebuild their own states when their unit runs.
+            refresh_step_states([self] + [peer for peer in peers if peer is not self and peer._weights_present()])
         return self._state
+
+    def _weights_present(self) -> bool:
+        """Whether every tensor entering the state is here in full: not an FSDP shard (a DTensor,
+        or FSDP1's flattened view) nor on another device."""
+        expected = (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
+        tensors = [t for t in (self.weight, self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if t is not None]
+        return (
+            tuple(self.weight.shape) == expected
+            and not any(_is_shard(t) or t.device != self.weight.device for t in tensors)
+        )
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The current sparsity travels in the state dict (a tensor, so safetensors can store it):
+        a checkpoint reloaded without its schedule is not silently dense."""
+        return torch.tensor([self._sparsity], dtype=torch.float64)
+
+    def set_extra_state(self, state) -> None:
+        self.sparsity = float(state[0] if isinstance(state, torch.Tensor) else state)
 
     def invalidate(self) -> None:
         """Forget the step state: needed only after edits torch does not track (through ``.data``)."""
@@ -311,6 +337,10 @@ class SparseLayer(nn.Module):
             f"method={self.method}, in_features={self.in_features}, out_features={self.out_features}, "
             f"blocks={self.blocks}, sparsity={self.sparsity:.4f}"
         )
+
+
+def _is_shard(tensor: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
 
 
 def link_peers(layers: list[SparseLayer]) -> None:
