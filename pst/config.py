@@ -133,6 +133,15 @@ class PSTConfig:
     #: at p = 1 - N/M every group holds exactly M - N zeros; ``sparsity`` is at most 1 - N/M.
     #: Ignored, like ``sparsity``, by methods that do not prune.
     pattern: str = UNSTRUCTURED
+    #: Keep the zeros the base weights already hold (a checkpoint pruned by SparseGPT, Wanda,
+    #: llm-compressor or PST; unstructured or N:M): every zero of W stays zero after training and
+    #: ``merge``. The mask is read from W itself whenever it is rebuilt (W is frozen), never stored,
+    #: so an adapter holds none. ``sparsity`` then defaults to 0: the mask is exactly the base's
+    #: support, no score term exists and only U, V (and the task head) train. A ``sparsity`` above
+    #: the base's own prunes further, by the score S with the base's zeros pruned first:
+    #: max(floor(p n k), base zeros) per matrix (with an N:M ``pattern``, of its candidates).
+    #: Method "pst" only.
+    keep_zeros: bool = False
     #: r1, the rank of the weight update U V (U: n x r1, V: r1 x k). The official code's ``weight_rank``.
     weight_rank: int = 8
     #: r2, the rank of the data-driven score term A B (A: n x r2, B: r2 x k). The official code's ``mask_rank``.
@@ -177,6 +186,8 @@ class PSTConfig:
     initial_sparsity: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.sparsity is None and self.keep_zeros is True:  # exactly the base's zeros
+            self.sparsity = 0.0
         if self.sparsity is None:
             pattern = parse_pattern(self.pattern)
             self.sparsity = DEFAULT_SPARSITY if pattern is None else max_sparsity(pattern)
@@ -211,6 +222,13 @@ class PSTConfig:
             not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules)
         ):
             raise ValueError(f"target_modules must be a non-empty list of names or a regex, got {self.target_modules!r}")
+        if not isinstance(self.keep_zeros, bool):
+            raise ValueError(f"keep_zeros must be True or False, got {self.keep_zeros!r}")
+        if self.keep_zeros and spec.name != "pst":
+            raise ValueError(
+                f"keep_zeros needs method='pst' (a frozen base whose zeros stay zero), got method={self.method!r}; "
+                "PSTConfig(method='pst', keep_zeros=True) trains only U and V under the base's zeros"
+            )
         if spec.name == "pst" and not (self.score_magnitude or self.score_low_rank or self.score_structured):
             raise ValueError("the PST score needs at least one of score_magnitude, score_low_rank, score_structured")
         for name, layout in (self.fused_modules or {}).items():
@@ -244,16 +262,21 @@ class PSTConfig:
             resolved.fused_modules = copy.deepcopy(defaults.get("fused_modules", {}))
         return resolved
 
-    # Which score terms are active, after the method and the ablation switches.
+    # Which score terms are active, after the method, the ablation switches and keep_zeros.
+    @property
+    def selects_mask(self) -> bool:
+        """False when keep_zeros keeps exactly the base's zeros: no score then, nothing to select."""
+        return not (self.keep_zeros and self.sparsity == 0 and self.initial_sparsity == 0)
+
     @property
     def uses_magnitude_score(self) -> bool:
         spec = get_method(self.method)
-        return spec.magnitude_score and (spec.name != "pst" or self.score_magnitude)
+        return spec.magnitude_score and (spec.name != "pst" or self.score_magnitude) and self.selects_mask
 
     @property
     def uses_low_rank_score(self) -> bool:
-        return get_method(self.method).low_rank_score and self.score_low_rank
+        return get_method(self.method).low_rank_score and self.score_low_rank and self.selects_mask
 
     @property
     def uses_structured_score(self) -> bool:
-        return get_method(self.method).structured_score and self.score_structured
+        return get_method(self.method).structured_score and self.score_structured and self.selects_mask

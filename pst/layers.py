@@ -43,6 +43,7 @@ try:  # FSDP2 shards parameters as DTensors
 except ImportError:  # a torch build without distributed support
     DTensor = None
 
+from . import base_weights
 from .config import PSTConfig
 from .fused import BlockLayout
 from . import masking
@@ -87,13 +88,16 @@ class _StepState:
     U spread over the blocks' columns (n x blocks r), so that W' = W + beta u V.view(-1, k)
     is one product. ``left`` @ ``right`` = alpha1 A B + alpha2 (R 1^T + 1 C^T), each block
     with its own B and C. ``block_index``: the block of every row (fused layers only).
+    keep_zeros only, during a rebuild: ``support`` (n, k) bool, the base's non-zeros, and
+    ``base_pruned``, the base zeros each block prunes anyway (``pst.base_weights``).
     """
 
-    __slots__ = ("key", "mask", "u", "left", "right", "block_index")
+    __slots__ = ("key", "mask", "u", "left", "right", "block_index", "support", "base_pruned")
 
     def __init__(self, key) -> None:
         self.key = key
         self.mask = self.u = self.left = self.right = self.block_index = None
+        self.support = self.base_pruned = None
 
 
 class SparseLayer(nn.Module):
@@ -118,6 +122,7 @@ class SparseLayer(nn.Module):
             raise TypeError(
                 f"cannot sparsify a {type(base).__name__}; supported modules: nn.Linear and transformers Conv1D"
             )
+        base_weights.check_base(base)  # plain float, or a quantized weight the layer can dequantize
         self.transposed = isinstance(base, Conv1D)
         self.weight = base.weight
         self.bias = base.bias
@@ -134,6 +139,7 @@ class SparseLayer(nn.Module):
             )
         self.in_features, self.out_features, self.blocks = in_features, out_features, self.layout.num_blocks
         self.method = config.method
+        self.keep_zeros = config.keep_zeros
         self.beta, self.alpha1, self.alpha2 = config.beta, config.alpha1, config.alpha2
         self.magnitude_score = config.uses_magnitude_score
         self.magnitude_score_grad = self.magnitude_score and self.spec.magnitude_score_grad
@@ -223,18 +229,29 @@ class SparseLayer(nn.Module):
         versions = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors if t is not None)
         return (_optimizer_steps, self._sparsity, versions)
 
-    def _block_prunes(self) -> list[int]:
-        """Entries pruned in each block (0 for methods that do not prune)."""
+    def _block_prunes(self, state: _StepState) -> list[int]:
+        """Entries pruned in each block (0 for methods that do not prune); keep_zeros: at least the base's zeros."""
         if not self.spec.prunes:
             return [0] * self.blocks
         k = self.in_features
-        return [num_pruned(self._sparsity, self.layout.block_rows(j) * k) for j in range(self.blocks)]
+        prunes = [num_pruned(self._sparsity, self.layout.block_rows(j) * k) for j in range(self.blocks)]
+        if state.base_pruned is not None:
+            prunes = [max(prune, zeros) for prune, zeros in zip(prunes, state.base_pruned)]
+            if prunes != state.base_pruned and not (self.magnitude_score or self.A is not None or self.R is not None):
+                raise ValueError(
+                    f"sparsity {self._sparsity} asks this keep_zeros layer to prune beyond the base's zeros, but it "
+                    "was sparsified with sparsity 0 (no score); use PSTConfig(keep_zeros=True, sparsity=p) to prune further"
+                )
+        return prunes
 
     def _new_state(self, key) -> _StepState:
         """The factors of a new step state (the mask is filled in by the grouped selection)."""
         state = _StepState(key)
         n, k, blocks = self.out_features, self.in_features, self.blocks
         like = {"device": self.weight.device, "dtype": self.weight.dtype}
+        if self.keep_zeros and self.spec.prunes:
+            state.support = base_weights.support(self._oriented(self.weight))
+            state.base_pruned = base_weights.base_pruned(state.support, self.layout, self.pattern)
         if blocks > 1:
             state.block_index = self.layout.block_index(self.weight.device)
             one_hot = state.block_index.unsqueeze(1) == torch.arange(blocks, device=self.weight.device)
@@ -259,7 +276,8 @@ class SparseLayer(nn.Module):
         return state
 
     def _oriented(self, weight: torch.Tensor) -> torch.Tensor:
-        """A weight parameter in output x input orientation (a view)."""
+        """A weight parameter in output x input orientation: a view, or this layer's dequantized W (``pst.base_weights``)."""
+        weight = base_weights.dequantized(weight)
         return weight.t() if self.transposed else weight
 
     def _updated(self, weight: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor | None) -> torch.Tensor:
@@ -291,9 +309,19 @@ class SparseLayer(nn.Module):
             filled = True
         if not filled:
             raise ValueError(f"this {self.method} layer has no score term")
+        if self.keep_zeros:  # the base's zeros go first
+            support = state.support if state.support is not None else base_weights.support(self._oriented(self.weight))
+            out.masked_fill_(~rows(support, block), -torch.inf)
 
-    def _set_block_mask(self, state: _StepState, block: int, keep: torch.Tensor) -> None:
-        self.layout.rows_of(state.mask, block).copy_(keep.view(self.layout.repeats, -1, self.in_features))
+    def _set_block_mask(self, state: _StepState, block: int, keep: torch.Tensor | None) -> None:
+        """``keep``: the selection's mask of the block; keep_zeros: ANDed with the support (None: the support alone)."""
+        target = self.layout.rows_of(state.mask, block)
+        if state.support is None:
+            target.copy_(keep.view(self.layout.repeats, -1, self.in_features))
+        elif keep is None:
+            target.copy_(self.layout.rows_of(state.support, block))
+        else:  # an N:M group holding more zeros than M - N: the extra ones are no candidates, still zero
+            torch.logical_and(keep.view(target.shape), self.layout.rows_of(state.support, block), out=target)
 
     # -- inspection and export ------------------------------------------------------------
     @torch.no_grad()
@@ -358,7 +386,7 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
     straight into its row of the stack.
     """
     groups: dict[tuple, list] = defaultdict(list)
-    fresh, masked = [], defaultdict(list)
+    fresh, masked, exact = [], defaultdict(list), []
     # Step states are never inference tensors: they are saved for backward in later training steps.
     with torch.inference_mode(False), torch.no_grad():
         for layer in layers:
@@ -368,23 +396,29 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
             with _without_autocast(layer.weight.device.type):
                 state = layer._new_state(key)
             fresh.append((layer, state))
-            prunes = layer._block_prunes()
+            prunes = layer._block_prunes(state)
             if not any(prunes):
                 continue
             masked[layer.weight.device].append((layer, state))
             k = layer.in_features
             for block, prune in enumerate(prunes):
+                if state.base_pruned is not None and prune == state.base_pruned[block]:
+                    exact.append((layer, state, block))  # keep_zeros: the base's own zeros, nothing to select
+                    continue
                 numel = layer.layout.block_rows(block) * k
                 signature = (numel, prune, layer.pattern, layer.weight.dtype, layer.weight.device)
                 groups[signature].append((layer, state, block))
         for device, states in masked.items():
             _allocate_masks(states, device)
+        for layer, state, block in exact:
+            layer._set_block_mask(state, block, None)
         for (numel, prune, pattern, dtype, device), members in groups.items():
             per_chunk = max(1, _STACK_ENTRIES // numel) if masking.default_strategy(device) == "topk" else 1
             with _without_autocast(device.type):
                 for start in range(0, len(members), per_chunk):
                     _select(members[start : start + per_chunk], numel, prune, pattern, dtype, device)
     for layer, state in fresh:  # only complete states are ever used
+        state.support = state.base_pruned = None  # keep_zeros: n x k bools the step does not need
         layer._state = state
 
 

@@ -98,8 +98,8 @@ def sparsify(model: nn.Module, config: PSTConfig | None = None) -> nn.Module:
             try:
                 layout = block_layout(name, oriented_shape(base)[0], resolved.fused_modules, getattr(model, "config", None))
                 layer = SparseLayer(base, resolved, layout)
-            except ValueError as error:
-                raise ValueError(f"cannot sparsify {name}: {error}") from None
+            except (ValueError, TypeError) as error:  # TypeError: a quantized base it cannot read (pst.base_weights)
+                raise type(error)(f"cannot sparsify {name}: {error}") from None
             replace_module(model, name, layer)
             layers.append(layer)
         link_peers(layers)

@@ -1,0 +1,102 @@
+"""How a sparse layer reads its frozen base weight W, and which of its zeros it must keep.
+
+A layer needs W as a dense (n, k) float tensor in three places (W' = W + beta U V in the
+forward and backward passes, and |W'| in the score). Plain tensors are read as they are (no
+copy). Quantized weights are dequantized layer by layer, when the layer needs them, into a
+temporary that lives as long as that layer's computation: the model is never dense as a whole.
+
+Quantized bases supported: torchao's weight-only tensor subclasses (``quantize_(model,
+Int8WeightOnlyConfig())`` or ``IntxWeightOnlyConfig(weight_dtype=torch.int4)``), which keep
+the float dtype they were quantized from and dequantize with ``weight.dequantize()``. Any other
+quantized weight (bitsandbytes ``Linear8bitLt``/``Linear4bit``, GPTQ/AWQ/HQQ modules, ...) is
+refused by :func:`check_base` with a message that names its class.
+
+Keep-zeros mode (``PSTConfig(keep_zeros=True)``): the base's zeros (``W == 0``, a checkpoint
+pruned by SparseGPT, Wanda, llm-compressor or PST itself) are always pruned. The support is
+read from W whenever a layer rebuilds its mask (W is frozen, so it never changes), never
+stored. :func:`base_pruned` counts, per fused block, the base zeros the selection prunes
+anyway; a block's prune count is max(floor(p n k), that count).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+SUPPORTED_QUANTIZED = (
+    "torchao weight-only tensors (quantize_(model, Int8WeightOnlyConfig()) or "
+    "IntxWeightOnlyConfig(weight_dtype=torch.int4))"
+)
+
+
+def _is_torchao(weight: torch.Tensor) -> bool:
+    # A torchao tensor means torchao is imported already: never import it here.
+    return "torchao" in sys.modules and type(weight).__module__.startswith("torchao") and hasattr(weight, "dequantize")
+
+
+def is_quantized(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is a quantized tensor this module dequantizes (torchao)."""
+    return _is_torchao(weight)
+
+
+def dequantized(weight: torch.Tensor) -> torch.Tensor:
+    """W as a dense float tensor of the same shape: the weight itself, or a per-call dequantized copy."""
+    if type(weight) is nn.Parameter or type(weight) is torch.Tensor:  # the common case, first
+        return weight
+    if _is_torchao(weight):
+        return weight.dequantize()
+    return weight  # e.g. an FSDP DTensor: dense already
+
+
+def check_base(module: nn.Module) -> None:
+    """Raise ``TypeError`` naming the class unless the layer can read ``module.weight`` as a dense float W."""
+    weight = module.weight
+    kind = f"{type(module).__module__}.{type(module).__name__}"
+    if _is_torchao(weight):
+        dense = dequantized(weight.detach())
+        if dense.shape != weight.shape or not dense.is_floating_point():
+            raise TypeError(
+                f"{kind} holds a {type(weight).__name__} that does not dequantize to a float tensor of its shape; "
+                f"supported quantized bases: {SUPPORTED_QUANTIZED}"
+            )
+        return
+    if not weight.is_floating_point() or not _is_dense_tensor(weight):
+        raise TypeError(
+            f"cannot sparsify a {kind} whose weight is a {type(weight).__name__} of dtype "
+            f"{str(weight.dtype).removeprefix('torch.')}: the quantized bases supported are {SUPPORTED_QUANTIZED} "
+            "(bitsandbytes Linear8bitLt/Linear4bit, GPTQ, AWQ and HQQ modules are not); quantize the model with "
+            "torchao, or load it in bf16"
+        )
+
+
+def _is_dense_tensor(weight: torch.Tensor) -> bool:
+    """A plain tensor or Parameter, or an FSDP DTensor shard of one."""
+    return type(weight) in (nn.Parameter, torch.Tensor) or type(weight).__name__ == "DTensor"
+
+
+# -- keep-zeros --------------------------------------------------------------------------------
+
+
+def support(oriented_weight: torch.Tensor) -> torch.Tensor:
+    """The base's non-zeros, (n, k) bool: what keep-zeros never lets a weight grow back into."""
+    return oriented_weight != 0
+
+
+def base_pruned(support: torch.Tensor, layout, pattern: tuple[int, int] | None) -> list[int]:
+    """Per block, the base zeros the selection prunes before any other entry (their score is -inf).
+
+    Unstructured: all of the block's zeros. N:M: only the M - N candidates of a group can be
+    pruned, so a group holding more zeros than that counts M - N (its other zeros stay zero
+    because the mask is also ANDed with the support).
+    """
+    counts = []
+    for block in range(layout.num_blocks):
+        zeros = ~layout.rows_of(support, block)
+        if pattern is None:
+            counts.append(int(zeros.sum()))
+        else:
+            kept, group = pattern
+            per_group = zeros.reshape(-1, group).sum(1)
+            counts.append(int(per_group.clamp(max=group - kept).sum()))
+    return counts
