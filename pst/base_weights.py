@@ -63,8 +63,8 @@ def check_base(module: nn.Module) -> None:
         return
     if not weight.is_floating_point() or not _is_dense_tensor(weight):
         raise TypeError(
-            f"cannot sparsify a {kind} whose weight is a {type(weight).__name__} of dtype "
-            f"{str(weight.dtype).removeprefix('torch.')}: the quantized bases supported are {SUPPORTED_QUANTIZED} "
+            f"{kind} holds its weight as a {type(weight).__name__} of dtype "
+            f"{str(weight.dtype).removeprefix('torch.')}; the quantized bases supported are {SUPPORTED_QUANTIZED} "
             "(bitsandbytes Linear8bitLt/Linear4bit, GPTQ, AWQ and HQQ modules are not); quantize the model with "
             "torchao, or load it in bf16"
         )

@@ -11,6 +11,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .base_weights import is_quantized
 from .config import PSTConfig
 from .fused import BlockLayout
 from .layers import SUPPORTED_MODULES
@@ -29,8 +30,17 @@ def merge(model: nn.Module) -> nn.Module:
     The result is a plain transformers model: ``save_pretrained`` writes a checkpoint that
     ``AutoModel*.from_pretrained`` loads with no ``pst`` installed. Every parameter gets back
     the ``requires_grad`` flag it had before ``sparsify`` froze the pre-trained weights.
+    A layer over a quantized base (``pst.base_weights``) becomes a dense ``nn.Linear`` in the
+    dtype it dequantizes to (bf16 for a bf16 model), and a warning says so.
     """
     layers = list(sparse_layers(model))
+    quantized = [(name, layer.weight) for name, layer in layers if is_quantized(layer.weight)]
+    if quantized:
+        name, weight = quantized[0]
+        logger.warning(
+            "merge: %d sparse layers had quantized base weights (%s, e.g. %s); they are merged into dense %s weights",
+            len(quantized), type(weight).__name__, name, str(weight.dtype).removeprefix("torch."),
+        )
     for name, layer in layers:
         replace_module(model, name, layer.to_plain_module())
     trainable_before = getattr(model, TRAINABLE_BEFORE_ATTRIBUTE, {})

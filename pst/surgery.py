@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from . import base_weights
 from .config import PSTConfig
 from .fused import BlockLayout
 from .layers import SUPPORTED_MODULES, SparseLayer, link_peers, oriented_shape
@@ -72,6 +73,11 @@ def find_targets(model: nn.Module, config: PSTConfig) -> list[str]:
             f"target_modules matched unsupported module(s) {unsupported[:5]}; only nn.Linear and "
             "transformers Conv1D can be sparsified: narrow target_modules"
         )
+    for name in names:  # quantized bases the layer cannot read, before any module is replaced
+        try:
+            base_weights.check_base(modules[name])
+        except TypeError as error:
+            raise TypeError(f"cannot sparsify {name}: {error}") from None
     return names
 
 
