@@ -7,9 +7,11 @@ temporary that lives as long as that layer's computation: the model is never den
 
 Quantized bases supported: torchao's weight-only tensor subclasses (``quantize_(model,
 Int8WeightOnlyConfig())`` or ``IntxWeightOnlyConfig(weight_dtype=torch.int4)``), which keep
-the float dtype they were quantized from and dequantize with ``weight.dequantize()``. Any other
-quantized weight (bitsandbytes ``Linear8bitLt``/``Linear4bit``, GPTQ/AWQ/HQQ modules, ...) is
-refused by :func:`check_base` with a message that names its class.
+the float dtype they were quantized from and dequantize with ``weight.dequantize()``; and
+bitsandbytes ``Linear4bit`` (QLoRA's NF4/FP4 base), whose packed ``Params4bit`` carries W's
+shape and dtype in its ``quant_state``. Any other quantized weight (bitsandbytes
+``Linear8bitLt``, whose int8 weight does not say which float dtype it came from; GPTQ, AWQ,
+HQQ modules, ...) is refused by :func:`check_base` with a message that names its class.
 
 Keep-zeros mode (``PSTConfig(keep_zeros=True)``): the base's zeros (``W == 0``, a checkpoint
 pruned by SparseGPT, Wanda, llm-compressor or PST itself) are always pruned. The support is
@@ -26,7 +28,7 @@ from torch import nn
 
 SUPPORTED_QUANTIZED = (
     "torchao weight-only tensors (quantize_(model, Int8WeightOnlyConfig()) or "
-    "IntxWeightOnlyConfig(weight_dtype=torch.int4))"
+    "IntxWeightOnlyConfig(weight_dtype=torch.int4)) and bitsandbytes Linear4bit"
 )
 
 
@@ -35,24 +37,46 @@ def _is_torchao(weight: torch.Tensor) -> bool:
     return "torchao" in sys.modules and type(weight).__module__.startswith("torchao") and hasattr(weight, "dequantize")
 
 
+def _is_bnb_4bit(weight: torch.Tensor) -> bool:
+    return "bitsandbytes" in sys.modules and type(weight).__name__ == "Params4bit"
+
+
 def is_quantized(weight: torch.Tensor) -> bool:
-    """Whether ``weight`` is a quantized tensor this module dequantizes (torchao)."""
-    return _is_torchao(weight)
+    """Whether ``weight`` is a quantized tensor this module dequantizes (torchao, bitsandbytes 4-bit)."""
+    return _is_torchao(weight) or _is_bnb_4bit(weight)
 
 
 def dequantized(weight: torch.Tensor) -> torch.Tensor:
-    """W as a dense float tensor of the same shape: the weight itself, or a per-call dequantized copy."""
+    """W as a dense float tensor of its shape: the weight itself, or a per-call dequantized copy."""
     if type(weight) is nn.Parameter or type(weight) is torch.Tensor:  # the common case, first
         return weight
     if _is_torchao(weight):
         return weight.dequantize()
+    if _is_bnb_4bit(weight):
+        from bitsandbytes.functional import dequantize_4bit
+
+        return dequantize_4bit(weight.data, weight.quant_state)
     return weight  # e.g. an FSDP DTensor: dense already
+
+
+def float_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype W computes in: a packed 4-bit weight is stored as uint8."""
+    return weight.quant_state.dtype if _is_bnb_4bit(weight) else weight.dtype
+
+
+def dense_shape(weight: torch.Tensor) -> torch.Size:
+    """W's shape as stored by its module (a packed 4-bit weight is (n k / 2, 1))."""
+    return weight.quant_state.shape if _is_bnb_4bit(weight) else weight.shape
 
 
 def check_base(module: nn.Module) -> None:
     """Raise ``TypeError`` naming the class unless the layer can read ``module.weight`` as a dense float W."""
     weight = module.weight
     kind = f"{type(module).__module__}.{type(module).__name__}"
+    if _is_bnb_4bit(weight):
+        if weight.quant_state is None:
+            raise TypeError(f"{kind} is not quantized yet: move the model to its device (model.to(device)) first")
+        return
     if _is_torchao(weight):
         dense = dequantized(weight.detach())
         if dense.shape != weight.shape or not dense.is_floating_point():
@@ -65,8 +89,8 @@ def check_base(module: nn.Module) -> None:
         raise TypeError(
             f"{kind} holds its weight as a {type(weight).__name__} of dtype "
             f"{str(weight.dtype).removeprefix('torch.')}; the quantized bases supported are {SUPPORTED_QUANTIZED} "
-            "(bitsandbytes Linear8bitLt/Linear4bit, GPTQ, AWQ and HQQ modules are not); quantize the model with "
-            "torchao, or load it in bf16"
+            "(bitsandbytes Linear8bitLt, GPTQ, AWQ and HQQ modules are not); load the model in 4-bit "
+            "(BitsAndBytesConfig(load_in_4bit=True)), quantize it with torchao, or load it in bf16"
         )
 
 

@@ -11,7 +11,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .base_weights import is_quantized
+from .base_weights import float_dtype, is_quantized
 from .config import PSTConfig
 from .fused import BlockLayout
 from .layers import SUPPORTED_MODULES
@@ -39,7 +39,7 @@ def merge(model: nn.Module) -> nn.Module:
         name, weight = quantized[0]
         logger.warning(
             "merge: %d sparse layers had quantized base weights (%s, e.g. %s); they are merged into dense %s weights",
-            len(quantized), type(weight).__name__, name, str(weight.dtype).removeprefix("torch."),
+            len(quantized), type(weight).__name__, name, str(float_dtype(weight)).removeprefix("torch."),
         )
     for name, layer in layers:
         replace_module(model, name, layer.to_plain_module())

@@ -77,7 +77,7 @@ def _watch_optimizer_steps() -> None:
 
 def oriented_shape(module: nn.Module) -> tuple[int, int]:
     """(outputs, inputs) of an ``nn.Linear`` or a ``Conv1D`` (which stores its weight as inputs x outputs)."""
-    shape = module.weight.shape
+    shape = base_weights.dense_shape(module.weight)  # a packed 4-bit weight's own shape is not W's
     return (shape[1], shape[0]) if isinstance(module, Conv1D) else (shape[0], shape[1])
 
 
@@ -151,7 +151,7 @@ class SparseLayer(nn.Module):
 
     def _create_parameters(self, config: PSTConfig) -> None:
         n, k, blocks = self.out_features, self.in_features, self.blocks
-        like = {"device": self.weight.device, "dtype": self.weight.dtype}
+        like = {"device": self.weight.device, "dtype": self.dtype}
 
         def stacked(*shape: int) -> torch.Size:  # a leading block axis only for fused modules
             return torch.Size((blocks, *shape) if blocks > 1 else shape)
@@ -170,6 +170,11 @@ class SparseLayer(nn.Module):
             self.scores = nn.Parameter(torch.zeros(n, k, **like))
 
     @property
+    def dtype(self) -> torch.dtype:
+        """W's float dtype: the weight's own, or what a quantized weight dequantizes to (``pst.base_weights``)."""
+        return base_weights.float_dtype(self.weight)
+
+    @property
     def sparsity(self) -> float:
         return self._sparsity
 
@@ -184,7 +189,7 @@ class SparseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self._step_state()
-        dtype = self.weight.dtype
+        dtype = self.dtype
         if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # autocast leaves fp64 alone
             dtype = torch.get_autocast_dtype(x.device.type)
         return SparseLinearFunction.apply(
@@ -208,7 +213,7 @@ class SparseLayer(nn.Module):
         expected = (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
         tensors = [t for t in (self.weight, self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if t is not None]
         return (
-            tuple(self.weight.shape) == expected
+            tuple(base_weights.dense_shape(self.weight)) == expected
             and not any(_is_shard(t) or t.device != self.weight.device for t in tensors)
         )
 
@@ -248,7 +253,7 @@ class SparseLayer(nn.Module):
         """The factors of a new step state (the mask is filled in by the grouped selection)."""
         state = _StepState(key)
         n, k, blocks = self.out_features, self.in_features, self.blocks
-        like = {"device": self.weight.device, "dtype": self.weight.dtype}
+        like = {"device": self.weight.device, "dtype": self.dtype}
         if self.keep_zeros and self.spec.prunes:
             state.support = base_weights.support(self._oriented(self.weight))
             state.base_pruned = base_weights.base_pruned(state.support, self.layout, self.pattern)
@@ -328,7 +333,7 @@ class SparseLayer(nn.Module):
     def score(self) -> torch.Tensor:
         """S, the importance score the mask is selected from, in output x input orientation."""
         state = self._step_state()
-        score = torch.empty(self.out_features, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
+        score = torch.empty(self.out_features, self.in_features, dtype=self.dtype, device=self.weight.device)
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):
                 part = torch.empty(self.layout.repeats, self.layout.sizes[block], self.in_features, dtype=score.dtype,
@@ -354,7 +359,7 @@ class SparseLayer(nn.Module):
             merged = merged.t()
         else:
             module = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        module.to(device=self.weight.device, dtype=self.weight.dtype)
+        module.to(device=self.weight.device, dtype=self.dtype)
         module.weight = nn.Parameter(merged.contiguous())
         if self.bias is not None:
             module.bias = self.bias
@@ -406,7 +411,7 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
                     exact.append((layer, state, block))  # keep_zeros: the base's own zeros, nothing to select
                     continue
                 numel = layer.layout.block_rows(block) * k
-                signature = (numel, prune, layer.pattern, layer.weight.dtype, layer.weight.device)
+                signature = (numel, prune, layer.pattern, layer.dtype, layer.weight.device)
                 groups[signature].append((layer, state, block))
         for device, states in masked.items():
             _allocate_masks(states, device)

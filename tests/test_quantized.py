@@ -1,8 +1,9 @@
-"""PST over quantized base weights: torchao weight-only int8 and int4 on CPU, tiny LLaMA.
+"""PST over quantized base weights on CPU, tiny LLaMA: torchao weight-only int8 and int4, bitsandbytes NF4.
 
-torchao is optional (``pip install torchao``): its tests skip without it; the refusals always run
-(bitsandbytes' own only where bitsandbytes is installed).
+Both packages are optional: each backend's tests skip where its package is missing; the refusals
+of modules PST cannot read always run.
 """
+import importlib.util
 import logging
 
 import pytest
@@ -13,27 +14,53 @@ import pst
 from test_keep_zeros import prune_by_magnitude
 from tiny_decoders import causal_lm, token_batch
 
-try:
-    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
-    from torchao.quantization.granularity import PerGroup
+HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
-    CONFIGS = {
-        "int8": lambda: Int8WeightOnlyConfig(),
-        "int4": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)),
-    }
-except ImportError:
-    CONFIGS = {"int8": None, "int4": None}
-needs_torchao = pytest.mark.skipif(CONFIGS["int8"] is None, reason="torchao is not installed")
+
+def _torchao(config_name):
+    def quantize(model, filter_fn):
+        import torchao.quantization as q
+        from torchao.quantization.granularity import PerGroup
+
+        config = q.Int8WeightOnlyConfig() if config_name == "int8" else q.IntxWeightOnlyConfig(
+            weight_dtype=torch.int4, granularity=PerGroup(32))
+        q.quantize_(model, config, filter_fn=filter_fn)
+
+    return quantize
+
+
+def _bnb_nf4(model, filter_fn):
+    """What transformers' BitsAndBytesConfig(load_in_4bit=True) builds: Linear4bit, quantized on .to(device)."""
+    import bitsandbytes as bnb
+
+    for name, module in list(model.named_modules()):
+        if filter_fn(module, name):
+            dtype = module.weight.dtype
+            quantized = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+                                          compute_dtype=dtype, quant_type="nf4")
+            quantized.weight = bnb.nn.Params4bit(module.weight.data.clone(), requires_grad=False, quant_type="nf4")
+            if module.bias is not None:
+                quantized.bias = module.bias
+            pst.surgery.replace_module(model, name, quantized.to("cpu"))
+
+
+BACKENDS = {
+    "torchao-int8": pytest.param(_torchao("int8"), marks=pytest.mark.skipif(not HAS_TORCHAO, reason="no torchao")),
+    "torchao-int4": pytest.param(_torchao("int4"), marks=pytest.mark.skipif(not HAS_TORCHAO, reason="no torchao")),
+    "bnb-nf4": pytest.param(_bnb_nf4, marks=pytest.mark.skipif(not HAS_BNB, reason="no bitsandbytes")),
+}
+backends = pytest.mark.parametrize("quantize", list(BACKENDS.values()), ids=list(BACKENDS))
 
 
 def _projection(module, name):
     return isinstance(module, nn.Linear) and ".layers." in name
 
 
-def quantized_llama(bits="int8", dtype=torch.float32, sparse=False):
+def quantized_llama(quantize, dtype=torch.float32, sparse=False):
     model = causal_lm("llama").to(dtype)
     zeros = prune_by_magnitude(model) if sparse else None
-    quantize_(model, CONFIGS[bits](), filter_fn=_projection)
+    quantize(model, _projection)
     return model, zeros
 
 
@@ -55,29 +82,27 @@ def logits(model):
     return model(**token_batch()).logits
 
 
-@needs_torchao
-@pytest.mark.parametrize("bits", sorted(CONFIGS))
+@backends
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_at_sparsity_0_a_layer_equals_the_quantized_layer(bits, dtype):
+def test_at_sparsity_0_a_layer_equals_the_quantized_layer(quantize, dtype):
     torch.manual_seed(0)
-    quantized = nn.Sequential(nn.Linear(64, 32)).to(dtype)
-    quantize_(quantized, CONFIGS[bits]())
-    base = quantized[0]
+    model = nn.Sequential(nn.Linear(64, 32)).to(dtype)
+    quantize(model, lambda module, name: isinstance(module, nn.Linear))
+    base = model[0]
     x = torch.randn(4, 64, dtype=dtype)
     with torch.no_grad():
         expected = base(x)
         layer = pst.SparseLayer(base, pst.PSTConfig(target_modules=["0"]))
-        assert layer.weight is base.weight  # held as it is, no dense copy
+        assert layer.weight is base.weight and layer.dtype == dtype  # held as it is, no dense copy
         got = layer(x)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     assert got.dtype == dtype
     assert torch.allclose(got, expected, atol=tolerance, rtol=tolerance)
 
 
-@needs_torchao
-@pytest.mark.parametrize("bits", sorted(CONFIGS))
-def test_training_reaches_only_the_small_matrices_and_merge_writes_a_dense_sparse_model(bits, caplog):
-    model, _ = quantized_llama(bits)
+@backends
+def test_training_reaches_only_the_small_matrices_and_merge_writes_a_dense_sparse_model(quantize, caplog):
+    model, _ = quantized_llama(quantize)
     quantized_type = type(model.model.layers[0].mlp.up_proj.weight)
     pst.sparsify(model, pst.PSTConfig(sparsity=0.5))
     pst.set_sparsity(model, 0.5)
@@ -90,7 +115,7 @@ def test_training_reaches_only_the_small_matrices_and_merge_writes_a_dense_spars
         loss = model(**batch, labels=batch["input_ids"]).loss
         loss.backward()
         with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
-        assert with_grad and {name.rsplit(".", 1)[1] for name in with_grad} == {"U", "V", "A", "B", "R", "C"}
+        assert {name.rsplit(".", 1)[1] for name in with_grad} == {"U", "V", "A", "B", "R", "C"}
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
@@ -99,6 +124,7 @@ def test_training_reaches_only_the_small_matrices_and_merge_writes_a_dense_spars
     with caplog.at_level(logging.WARNING, logger="pst.export"):
         pst.merge(model)
     assert f"14 sparse layers had quantized base weights ({quantized_type.__name__}" in caplog.text
+    assert "into dense float32 weights" in caplog.text
     assert torch.allclose(logits(model), trained, atol=1e-5)
     for name in layers:
         weight = model.get_submodule(name).weight
@@ -106,9 +132,9 @@ def test_training_reaches_only_the_small_matrices_and_merge_writes_a_dense_spars
         assert int((weight == 0).sum()) == weight.numel() // 2
 
 
-@needs_torchao
-def test_bf16_quantized_base_merges_to_bf16():
-    model, _ = quantized_llama("int8", torch.bfloat16)
+@backends
+def test_bf16_quantized_base_merges_to_bf16(quantize):
+    model, _ = quantized_llama(quantize, torch.bfloat16)
     pst.sparsify(model, pst.PSTConfig(sparsity=0.5))
     pst.set_sparsity(model, 0.5)
     losses = train(model, steps=4)
@@ -120,28 +146,31 @@ def test_bf16_quantized_base_merges_to_bf16():
     assert torch.equal(logits(model), trained)
 
 
-@needs_torchao
-def test_a_sparse_and_quantized_checkpoint_keeps_its_zeros():
-    """The case LoRA cannot serve: a 50%-pruned model, quantized to int8, fine-tuned and merged sparse."""
-    model, zeros = quantized_llama("int8", sparse=True)
+@backends
+def test_a_sparse_and_quantized_checkpoint_keeps_its_zeros(quantize):
+    """The case LoRA cannot serve: a 50%-pruned model, quantized, fine-tuned and merged sparse."""
+    model, zeros = quantized_llama(quantize, sparse=True)
     pst.sparsify(model, pst.PSTConfig(keep_zeros=True))
+    base_zeros = {name: layer.effective_weight() == 0 for name, layer in pst.sparse_layers(model)}
+    for name, zero in zeros.items():  # what the quantizer keeps as zero: at least the pruned entries
+        assert base_zeros[name][zero].all()
     train(model, steps=4, lr=0.05)
     trained = logits(model)
     pst.merge(model)
     assert torch.allclose(logits(model), trained, atol=1e-5)
-    for name, base_zeros in zeros.items():
-        assert torch.equal(model.get_submodule(name).weight == 0, base_zeros)
+    for name, zero in base_zeros.items():
+        assert torch.equal(model.get_submodule(name).weight == 0, zero)
 
 
-@needs_torchao
-def test_adapter_round_trip_on_a_quantized_base(tmp_path):
-    model, _ = quantized_llama("int4")
+@backends
+def test_adapter_round_trip_on_a_quantized_base(quantize, tmp_path):
+    model, _ = quantized_llama(quantize)
     pst.sparsify(model, pst.PSTConfig(sparsity=0.5))
     pst.set_sparsity(model, 0.5)
     train(model, steps=2)
     trained = logits(model)
     pst.save_adapter(model, tmp_path)
-    fresh, _ = quantized_llama("int4")
+    fresh, _ = quantized_llama(quantize)
     pst.load_adapter(fresh, tmp_path)
     assert torch.allclose(logits(fresh), trained, atol=1e-6)
 
@@ -162,12 +191,12 @@ def test_an_unknown_quantized_module_is_refused_by_name():
     assert not list(pst.sparse_layers(model))  # refused before any module was replaced
 
 
-@pytest.mark.parametrize("cls", ["Linear8bitLt", "Linear4bit"])
-def test_bitsandbytes_modules_are_refused_by_name(cls):
-    bnb = pytest.importorskip("bitsandbytes")
-    dense = nn.Linear(64, 32)
-    module = getattr(bnb.nn, cls)(64, 32, **({"has_fp16_weights": False} if cls == "Linear8bitLt" else {}))
-    module.load_state_dict(dense.state_dict())
+@pytest.mark.skipif(not HAS_BNB, reason="no bitsandbytes")
+def test_bitsandbytes_8bit_is_refused_by_name():
+    import bitsandbytes as bnb
+
+    module = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False)
+    module.load_state_dict(nn.Linear(64, 32).state_dict())
     module = module.to("cpu")  # quantizes
-    with pytest.raises(TypeError, match=f"bitsandbytes.*{cls}.*not supported|{cls}.*bitsandbytes"):
+    with pytest.raises(TypeError, match="bitsandbytes.*Linear8bitLt.*Int8Params of dtype int8"):
         pst.SparseLayer(module, pst.PSTConfig(target_modules=["x"]))
