@@ -2,22 +2,22 @@
 
 A LLaMA-7B-shaped model (hidden 4096, FFN 11008, 32 heads, vocabulary 32000; ``--layers``
 decoder layers, 2 by default), random init in bf16, the seven projections of every block held
-as torchao weight-only int8 (``--quant int8``) or int4 values (``int4``: torchao's
-``IntxWeightOnlyConfig``, which stores int4 values unpacked in int8 on CPU) or left in bf16
-(``none``). One process per method, each building the model, then taking ``--steps`` steps
+as bitsandbytes NF4 (``--quant nf4``: ``Linear4bit``, QLoRA's base, packed 4-bit), torchao
+weight-only int8 (``int8``) or int4 values (``int4``: torchao's ``IntxWeightOnlyConfig``, which
+stores int4 values unpacked in int8 on CPU), or left in bf16 (``none``). One process per method, each building the model, then taking ``--steps`` steps
 (batch 1 x 16, gradient checkpointing, AdamW):
 
 - ``pst``: ``pst.sparsify`` at the target sparsity (0.9), W dequantized per layer;
 - ``pst-keep``: ``PSTConfig(keep_zeros=True)`` on a base pruned to ~50% before quantization
   (|W| below its median for the normal init), only U and V train;
-- ``lora``: peft's LoRA r = 8 on the same modules (peft wraps torchao layers in its
-  ``TorchaoLoraLinear``; on a bf16 base, plain LoRA), i.e. QLoRA-style.
+- ``lora``: peft's LoRA r = 8 on the same modules and the same base (peft wraps bitsandbytes
+  4-bit layers in its ``Linear4bit`` LoRA: QLoRA; torchao ones in ``TorchaoLoraLinear``).
 
 Memory is the process's resident set: ``loaded`` after building (heap trimmed), ``peak`` the
 high-water mark over the steps only (reset through /proc/self/clear_refs before the first step;
 Linux), ``above`` = peak - loaded, and that per sparsified weight in bytes.
 
-    python benchmarks/quantized_memory.py                       # int8: pst, pst-keep, lora; bf16: pst, lora
+    python benchmarks/quantized_memory.py                       # every base: pst, lora (+ pst-keep on nf4, int8)
     python benchmarks/quantized_memory.py --quant int8 --methods pst lora --layers 1
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ import sys
 import time
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DEFAULT_RUNS = [("int8", "pst"), ("int8", "pst-keep"), ("int8", "lora"), ("none", "pst"), ("none", "lora")]
+DEFAULT_RUNS = [("nf4", "pst"), ("nf4", "pst-keep"), ("nf4", "lora"), ("int8", "pst"), ("int8", "pst-keep"),
+                ("int8", "lora"), ("none", "pst"), ("none", "lora")]
 
 
 def _status_mib(field: str) -> float:
@@ -68,7 +69,16 @@ def _build(args):
             for name, module in model.named_modules():
                 if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
                     module.weight.masked_fill_(module.weight.abs() < 0.6745 * config.initializer_range, 0)
-    if args.quant != "none":
+    if args.quant == "nf4":
+        import bitsandbytes as bnb
+
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
+                packed = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=False,
+                                           compute_dtype=torch.bfloat16, quant_type="nf4")
+                packed.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, quant_type="nf4")
+                pst.surgery.replace_module(model, name, packed.to("cpu"))  # quantizes
+    elif args.quant != "none":
         from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
         from torchao.quantization.granularity import PerGroup
 
@@ -121,7 +131,7 @@ def worker(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quant", choices=("int8", "int4", "none"), help="one base for every --methods")
+    parser.add_argument("--quant", choices=("nf4", "int8", "int4", "none"), help="one base for every --methods")
     parser.add_argument("--methods", nargs="+", choices=("pst", "pst-keep", "lora"), default=["pst", "pst-keep", "lora"])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
@@ -144,7 +154,8 @@ def main() -> None:
     print("| base | method | trainable | loaded (MiB) | peak (MiB) | above loaded (MiB) | bytes / sparsified weight | step (s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        base = {"none": "bf16", "int8": "int8 (torchao)", "int4": "int4 (torchao, int8 storage)"}[r["quant"]]
+        base = {"none": "bf16", "nf4": "NF4 (bitsandbytes)", "int8": "int8 (torchao)",
+                "int4": "int4 (torchao, int8 storage)"}[r["quant"]]
         print(f"| {base} | {r['method']} | {r['trainable']:,} | {r['loaded_mib']:.0f} | {r['peak_mib']:.0f} | "
               f"{r['above_mib']:.0f} | {r['above_bytes_per_weight']:.2f} | {r['step_s']:.1f} |")
 
