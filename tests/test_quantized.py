@@ -200,3 +200,38 @@ def test_bitsandbytes_8bit_is_refused_by_name():
     module = module.to("cpu")  # quantizes
     with pytest.raises(TypeError, match="bitsandbytes.*Linear8bitLt.*Int8Params of dtype int8"):
         pst.SparseLayer(module, pst.PSTConfig(target_modules=["x"]))
+
+
+def _bnb_4bit_config():
+    import transformers
+
+    return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                           bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def _torchao_config():
+    import transformers
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    return transformers.TorchAoConfig(Int8WeightOnlyConfig())
+
+
+@pytest.mark.parametrize("quantization_config", [
+    pytest.param(_bnb_4bit_config, marks=pytest.mark.skipif(not HAS_BNB, reason="no bitsandbytes"), id="bnb-4bit"),
+    pytest.param(_torchao_config, marks=pytest.mark.skipif(not HAS_TORCHAO, reason="no torchao"), id="torchao-int8"),
+])
+def test_a_model_quantized_by_transformers_from_pretrained(quantization_config, tmp_path):
+    """The way users load a quantized base: from_pretrained(..., quantization_config=...)."""
+    import transformers
+
+    causal_lm("llama").save_pretrained(tmp_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, quantization_config=quantization_config(), device_map="cpu")
+    assert pst.base_weights.is_quantized(model.model.layers[0].mlp.up_proj.weight)
+    pst.sparsify(model, pst.PSTConfig(sparsity=0.5))
+    pst.set_sparsity(model, 0.5)
+    losses = train(model, steps=3)
+    assert losses[-1] < losses[0]
+    pst.merge(model)
+    weight = model.model.layers[0].mlp.up_proj.weight
+    assert weight.dtype == torch.bfloat16 and int((weight == 0).sum()) == weight.numel() // 2
