@@ -430,7 +430,7 @@ def pack_mask(keep: torch.Tensor, shifts: torch.Tensor, out: torch.Tensor) -> No
 
 def unpack_mask(bits: torch.Tensor, shifts: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
     """The (rows, columns) mask of :func:`pack_mask` as uint8 0/1 (a free factor in products)."""
-    unpacked = (bits.unsqueeze(1) >> shifts) & 1
+    unpacked = (bits.unsqueeze(1) >> shifts).bitwise_and_(1)
     return unpacked.view(-1)[: rows * columns].view(rows, columns)
 
 
@@ -520,6 +520,7 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
         grad_effective = grad_y.t() @ x.reshape(-1, k)
         # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W' (in at least the parameters' precision).
         grad_score = grad_effective * updated if (score_needs or spec.magnitude_score_grad) else None
+        del updated  # at most three n x k temporaries at once, whatever the method
         if weight_needs:
             if spec.magnitude_score_grad:
                 # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, dL/d(M W')).
@@ -530,6 +531,7 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
                     grad_updated.add_(grad_effective)
             else:
                 grad_updated = grad_effective * mask if mask is not None else grad_effective
+            del grad_effective, mask
             if needs[1]:
                 grad_weight = grad_updated.t() if spec.transposed else grad_updated
             # Rank-r products put the small factor first (twice as fast on CPU as G @ V^T) and
