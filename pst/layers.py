@@ -534,17 +534,17 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
             del grad_effective, mask
             if needs[1]:
                 grad_weight = grad_updated.t() if spec.transposed else grad_updated
-            # Rank-r products put the small factor first (twice as fast on CPU as G @ V^T) and
-            # cast it to the n x k gradient's dtype, never the other way round.
+            # Rank-r products cast the small factor to the n x k gradient's dtype, never the other
+            # way round, and give gradients laid out like their parameters (no copy by autograd).
             dtype = grad_updated.dtype
             if needs[3]:
-                grad_U = _fold(_scaled((V.view(-1, k).to(dtype) @ grad_updated.t()).t(), spec.beta), one_hot)
+                grad_U = _fold(_scaled(grad_updated @ V.view(-1, k).t().to(dtype), spec.beta), one_hot)
             if needs[4]:
                 grad_V = _scaled(_spread(U, one_hot).t().to(dtype) @ grad_updated, spec.beta).view(V.shape)
         if score_needs:
             dtype = grad_score.dtype
             if needs[5]:
-                grad_A = _fold(_scaled((B.view(-1, k).to(dtype) @ grad_score.t()).t(), spec.alpha1), one_hot)
+                grad_A = _fold(_scaled(grad_score @ B.view(-1, k).t().to(dtype), spec.alpha1), one_hot)
             if needs[6]:
                 grad_B = _scaled(_spread(A, one_hot).t().to(dtype) @ grad_score, spec.alpha1).view(B.shape)
             if needs[7]:
