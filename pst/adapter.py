@@ -6,7 +6,9 @@ for LoRA, an adapter is two files:
 
 - ``pst_adapter.safetensors``: the trained tensors, by their names in the wrapped model;
 - ``pst_adapter_config.json``: the (resolved) ``PSTConfig``, every wrapped layer's shape and
-  current sparsity (so the masks come back identical), the model type, a format version.
+  current sparsity (so the masks come back identical), the model type, a format version,
+  and a fingerprint of the base weights (:mod:`pst.base_fingerprint`), so that loading onto
+  other weights of the same shape warns.
 
 The names differ from peft's ``adapter_config.json`` on purpose: transformers'
 ``from_pretrained`` and ``Trainer`` take a folder holding ``adapter_config.json`` for a peft
@@ -37,6 +39,7 @@ from .adapter_format import (
     check_method,
     read_adapter_folder,
 )
+from .base_fingerprint import fingerprint, warn_if_other_base
 from .config import PSTConfig
 from .surgery import CONFIG_ATTRIBUTE, find_targets, matches_target, sparse_layers, sparsify
 from .trainer_checkpoint import is_trainer_checkpoint, read_trainer_checkpoint
@@ -92,6 +95,7 @@ def adapter_description(model: nn.Module) -> dict:
         "pst_config": config.to_dict(),
         "sparsity": sparsities.pop() if len(sparsities) == 1 else None,
         "layers": layers,
+        "base_fingerprint": fingerprint({name: layer.weight for name, layer in sparse_layers(model)}),
     }
 
 
@@ -219,6 +223,7 @@ def load_adapter(
     """
     stored = _stored(Path(directory), config, sparsity)
     _check_fits(model, stored)
+    warn_if_other_base(model, stored.base_fingerprint, stored.source)
     sparsify(model, stored.config)
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - stored.names)
