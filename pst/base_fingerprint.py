@@ -15,7 +15,8 @@ The choices (no package offers a fingerprint of this kind):
   twice bf16's rounding error), so the same checkpoint loaded in fp32, bf16 or fp16 matches,
   while other weights (another seed, another fine-tune of the same model) differ in almost every
   sampled entry. A weight-quantized copy of the base does not match: its values differ by more.
-- Matrices on the ``meta`` device (offloaded, or built without memory) are not sampled.
+- Matrices on the ``meta`` device (offloaded, or built without memory), and weights that cannot
+  be indexed element-wise, are not sampled and so not checked.
 """
 from __future__ import annotations
 
@@ -46,13 +47,20 @@ def _positions(shape: torch.Size, count: int) -> tuple[list[int], list[int]]:
 
 
 def sample_entries(weight: torch.Tensor, count: int = SAMPLES) -> list[float] | None:
-    """``count`` entries of a 2-D ``weight`` at its fixed positions, as floats (None on ``meta``)."""
-    if weight.device.type == "meta":
+    """``count`` entries of a 2-D ``weight`` at its fixed positions, as floats; None where they
+    cannot be read (``meta`` device, or a tensor subclass without element indexing)."""
+    if weight.device.type == "meta" or weight.dim() != 2:
         return None
     rows, columns = _positions(weight.shape, count)
     device = weight.device
-    values = weight.detach()[torch.tensor(rows, device=device), torch.tensor(columns, device=device)]
-    return [float(f"{value:.8g}") for value in values.float().cpu().tolist()]
+    try:
+        values = weight.detach()[torch.tensor(rows, device=device), torch.tensor(columns, device=device)]
+        values = values.float().cpu().tolist()
+    except (RuntimeError, TypeError, NotImplementedError) as error:
+        # A fingerprint is a safety net: a weight it cannot read must not stop an adapter from saving.
+        logger.info("no base fingerprint for a %s weight: %s", type(weight).__name__, error)
+        return None
+    return [float(f"{value:.8g}") for value in values]
 
 
 def fingerprint(weights: dict[str, torch.Tensor]) -> dict:
@@ -74,7 +82,7 @@ def differing_matrices(model: nn.Module, record: dict) -> tuple[list[str], int]:
     differing, compared = [], 0
     for name, stored in record["matrices"].items():
         weight = getattr(modules.get(name), "weight", None)
-        here = sample_entries(weight, len(stored)) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+        here = sample_entries(weight, len(stored)) if isinstance(weight, torch.Tensor) else None
         if here is None:
             continue
         compared += 1

@@ -89,3 +89,12 @@ def test_an_adapter_without_a_fingerprint_loads_as_before(adapter):
 
 def test_meta_weights_are_not_sampled():
     assert sample_entries(torch.empty(4, 4, device="meta")) is None
+
+
+def test_a_weight_that_cannot_be_indexed_is_not_sampled():
+    class Packed(torch.Tensor):  # stands for a quantized tensor subclass without element indexing
+        def __getitem__(self, index):
+            raise NotImplementedError("packed")
+
+    assert sample_entries(torch.zeros(4, 4).as_subclass(Packed)) is None
+    assert sample_entries(torch.zeros(16)) is None  # not a matrix

@@ -8,6 +8,7 @@ and a sparsify / train step / adapter round trip / merge still work.
 import ast
 import importlib.metadata as metadata
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -116,7 +117,9 @@ def test_library_runs_without_the_extras(tmp_path):
         print(json.dumps(leaked))
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this checkout's pst
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": path})
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
     assert (tmp_path / "merged" / "model.safetensors").is_file()
