@@ -5,6 +5,7 @@
     pst.merge(model).save_pretrained("out")   # a plain transformers checkpoint
     pst.save_adapter(model, "adapter")        # or only what PST trained; pst.load_adapter(base, "adapter")
 """
+from ._version import __version__
 from .adapter import adapter_state_dict, load_adapter, save_adapter
 from .adapter_trainer import AdapterCheckpointCallback
 from .config import ARCHITECTURE_DEFAULTS, PSTConfig
@@ -19,18 +20,17 @@ from .surgery import (
     find_targets,
     invalidate_masks,
     optimizer_parameters,
+    refresh_masks,
     set_sparsity,
     sparse_layers,
     sparsify,
     trainable_parameters,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "ARCHITECTURE_DEFAULTS", "METHODS", "AdapterCheckpointCallback", "MethodSpec", "PSTConfig", "SparseLayer",
     "SparsityCallback", "SparsityScheduler", "TrainableParameters", "adapter_state_dict", "cubic_sparsity",
     "find_targets", "get_method", "invalidate_masks", "is_n_m_sparse", "keep_mask", "load_adapter",
-    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_adapter", "save_compressed",
+    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "refresh_masks", "save_adapter", "save_compressed",
     "set_sparsity", "sparse_layers", "sparsify", "sparsity_report", "to_semi_structured", "trainable_parameters",
 ]

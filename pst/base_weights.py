@@ -16,8 +16,9 @@ HQQ modules, ...) is refused by :func:`check_base` with a message that names its
 Keep-zeros mode (``PSTConfig(keep_zeros=True)``): the base's zeros (``W == 0``, a checkpoint
 pruned by SparseGPT, Wanda, llm-compressor or PST itself) are always pruned. The support is
 read from W whenever a layer rebuilds its mask (W is frozen, so it never changes), never
-stored. :func:`base_pruned` counts, per fused block, the base zeros the selection prunes
-anyway; a block's prune count is max(floor(p n k), that count).
+stored. :func:`keep_zeros_prunes` gives each fused block's prune count, max(floor(p n k), the
+base zeros the selection prunes anyway); the layer scores the base's zeros -inf and ANDs the
+selected mask with the support.
 """
 from __future__ import annotations
 
@@ -52,10 +53,8 @@ def dequantized(weight: torch.Tensor) -> torch.Tensor:
         return weight
     if _is_torchao(weight):
         return weight.dequantize()
-    if _is_bnb_4bit(weight):
-        from bitsandbytes.functional import dequantize_4bit
-
-        return dequantize_4bit(weight.data, weight.quant_state)
+    if _is_bnb_4bit(weight):  # bitsandbytes is imported already (never by pst: an optional package)
+        return sys.modules["bitsandbytes"].functional.dequantize_4bit(weight.data, weight.quant_state)
     return weight  # e.g. an FSDP DTensor: dense already
 
 
@@ -69,10 +68,16 @@ def dense_shape(weight: torch.Tensor) -> torch.Size:
     return weight.quant_state.shape if _is_bnb_4bit(weight) else weight.shape
 
 
-def check_base(module: nn.Module) -> None:
-    """Raise ``TypeError`` naming the class unless the layer can read ``module.weight`` as a dense float W."""
+def check_base(module: nn.Module, trains_weight: bool = False) -> None:
+    """Raise ``TypeError`` naming the class unless the layer can read ``module.weight`` as a dense float W
+    (and, for ``trains_weight`` methods, train it: a quantized W cannot)."""
     weight = module.weight
     kind = f"{type(module).__module__}.{type(module).__name__}"
+    if trains_weight and is_quantized(weight):
+        raise TypeError(
+            f"{kind} holds a quantized {type(weight).__name__}, which cannot train: over a quantized base use a method "
+            "that freezes W ('pst', 'lora')"
+        )
     if _is_bnb_4bit(weight):
         if weight.quant_state is None:
             raise TypeError(f"{kind} is not quantized yet: move the model to its device (model.to(device)) first")
@@ -124,3 +129,21 @@ def base_pruned(support: torch.Tensor, layout, pattern: tuple[int, int] | None) 
             per_group = zeros.reshape(-1, group).sum(1)
             counts.append(int(per_group.clamp(max=group - kept).sum()))
     return counts
+
+
+def keep_zeros_prunes(prunes: list[int], support: torch.Tensor, layout, pattern, scored: bool):
+    """Per block, the entries to prune and whether that is only the base's zeros (nothing to select).
+
+    ``prunes``: floor(p n k) of each block; ``scored``: whether the layer has a score to select
+    further entries by (not at keep_zeros' default sparsity 0).
+    """
+    base = base_pruned(support, layout, pattern)
+    counts = [max(prune, zeros) for prune, zeros in zip(prunes, base)]
+    exact = [count == zeros for count, zeros in zip(counts, base)]
+    if not all(exact) and not scored:
+        raise ValueError(
+            "the sparsity asks a keep_zeros layer to prune beyond the base's zeros, but it was sparsified at "
+            "sparsity 0, which keeps exactly the base's zeros (no score); use PSTConfig(keep_zeros=True, sparsity=p) "
+            "to prune further"
+        )
+    return counts, exact

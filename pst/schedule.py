@@ -6,7 +6,7 @@ import logging
 from torch import nn
 from transformers import TrainerCallback
 
-from .surgery import CONFIG_ATTRIBUTE, set_sparsity
+from .surgery import CONFIG_ATTRIBUTE, refresh_masks, set_sparsity
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class SparsityScheduler:
     def _apply(self) -> float:
         sparsity = self.get_sparsity()
         set_sparsity(self.model, sparsity)
+        refresh_masks(self.model)  # here, outside any compiled step (see pst.refresh_masks)
         return sparsity
 
     def state_dict(self) -> dict:

@@ -235,3 +235,12 @@ def test_a_model_quantized_by_transformers_from_pretrained(quantization_config, 
     pst.merge(model)
     weight = model.model.layers[0].mlp.up_proj.weight
     assert weight.dtype == torch.bfloat16 and int((weight == 0).sum()) == weight.numel() // 2
+
+
+@backends
+@pytest.mark.parametrize("method", ["magnitude", "movement"])
+def test_methods_that_train_w_are_refused_over_a_quantized_base(quantize, method):
+    model, _ = quantized_llama(quantize)
+    with pytest.raises(TypeError, match=r"cannot sparsify model.layers.0.self_attn.q_proj: .*cannot train.*'pst', 'lora'"):
+        pst.sparsify(model, pst.PSTConfig(method=method))
+    assert not list(pst.sparse_layers(model))
