@@ -147,6 +147,8 @@ def test_fused_gpt2_conv1d():
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64))
     zeros = prune_by_magnitude(model)
     pst.sparsify(model, pst.PSTConfig(keep_zeros=True, sparsity=0.6))
+    for name, layer in pst.sparse_layers(model):  # at the schedule's start: exactly the base's zeros
+        assert torch.equal(layer.mask(), ~zeros[name])
     pst.set_sparsity(model, 0.6)
     train(model, steps=2)
     pst.merge(model)
