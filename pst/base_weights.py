@@ -121,13 +121,14 @@ def base_pruned(support: torch.Tensor, layout, pattern: tuple[int, int] | None) 
     """
     counts = []
     for block in range(layout.num_blocks):
-        zeros = ~layout.rows_of(support, block)
+        kept = layout.rows_of(support, block)
+        # Counted without summing bools: a bool sum casts every entry to int64 first (8 bytes a weight).
         if pattern is None:
-            counts.append(int(zeros.sum()))
+            counts.append(kept.numel() - int(torch.count_nonzero(kept)))
         else:
-            kept, group = pattern
-            per_group = zeros.reshape(-1, group).sum(1)
-            counts.append(int(per_group.clamp(max=group - kept).sum()))
+            n_kept, group = pattern
+            zeros = group - kept.reshape(-1, group).view(torch.uint8).sum(1, dtype=torch.uint8)
+            counts.append(sum(int(torch.count_nonzero(zeros >= j)) for j in range(1, group - n_kept + 1)))
     return counts
 
 

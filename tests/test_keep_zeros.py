@@ -203,3 +203,15 @@ def test_bad_input():
     pst.set_sparsity(model, 0.8)
     with pytest.raises(ValueError, match="prune beyond the base.s zeros"):
         logits(model)
+
+
+def test_base_zeros_counted_per_block_and_per_n_m_group():
+    from pst.base_weights import base_pruned
+    from pst.fused import BlockLayout
+
+    support = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 1],    # block 0: groups with 0 and 3 zeros
+                            [0, 1, 0, 1, 0, 0, 0, 0]], dtype=torch.bool)  # block 1: groups with 2 and 4 zeros
+    layout = BlockLayout((1, 1))
+    assert base_pruned(support, layout, None) == [3, 6]
+    assert base_pruned(support, layout, (2, 4)) == [0 + 2, 2 + 2]  # at most M - N candidates per group
+    assert base_pruned(support, layout, (3, 4)) == [0 + 1, 1 + 1]
