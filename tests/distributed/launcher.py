@@ -1,0 +1,24 @@
+"""Run a script under torchrun on CPU (gloo), 2 processes, one thread each, for the distributed tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node nproc <args>``; fails the test with the output on error."""
+    import pytest
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    try:
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"torchrun timed out after {timeout} s: {' '.join(command)}\n{error.stderr}")
+    if done.returncode != 0:
+        pytest.fail(f"torchrun exited with {done.returncode}: {' '.join(command)}\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
+    return done
