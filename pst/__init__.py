@@ -19,6 +19,7 @@ from .surgery import (
     find_targets,
     invalidate_masks,
     optimizer_parameters,
+    refresh_masks,
     set_sparsity,
     sparse_layers,
     sparsify,
@@ -31,6 +32,6 @@ __all__ = [
     "ARCHITECTURE_DEFAULTS", "METHODS", "AdapterCheckpointCallback", "MethodSpec", "PSTConfig", "SparseLayer",
     "SparsityCallback", "SparsityScheduler", "TrainableParameters", "adapter_state_dict", "cubic_sparsity",
     "find_targets", "get_method", "invalidate_masks", "is_n_m_sparse", "keep_mask", "load_adapter",
-    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "save_adapter", "save_compressed",
+    "load_compressed", "merge", "num_pruned", "optimizer_parameters", "refresh_masks", "save_adapter", "save_compressed",
     "set_sparsity", "sparse_layers", "sparsify", "sparsity_report", "to_semi_structured", "trainable_parameters",
 ]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -57,8 +58,8 @@ SUPPORTED_MODULES = (nn.Linear, Conv1D)
 _STACK_ENTRIES = 1 << 26
 
 # Optimizer steps taken in this process. Fused optimizers (the Trainer's default
-# adamw_torch_fused) update parameters without bumping their version counters, so a step
-# state also remembers this count; a global post-step hook keeps it.
+# adamw_torch_fused) update parameters without bumping their version counters, so a mask
+# also remembers this count; a global post-step hook keeps it.
 _optimizer_steps = 0
 _step_hook = None
 
@@ -80,20 +81,17 @@ def oriented_shape(module: nn.Module) -> tuple[int, int]:
     return (shape[1], shape[0]) if isinstance(module, Conv1D) else (shape[0], shape[1])
 
 
-class _StepState:
-    """What a layer derives from its parameters once per step: no autograd, no per-call work.
+@dataclass(frozen=True)
+class LayerSpec:
+    """The static facts of a layer that its forward and backward need (constants to a compiler)."""
 
-    ``mask``: (n, k) bool, or None when nothing is pruned. ``u``: U, or for fused layers
-    U spread over the blocks' columns (n x blocks r), so that W' = W + beta u V.view(-1, k)
-    is one product. ``left`` @ ``right`` = alpha1 A B + alpha2 (R 1^T + 1 C^T), each block
-    with its own B and C. ``block_index``: the block of every row (fused layers only).
-    """
-
-    __slots__ = ("key", "mask", "u", "left", "right", "block_index")
-
-    def __init__(self, key) -> None:
-        self.key = key
-        self.mask = self.u = self.left = self.right = self.block_index = None
+    out_features: int
+    in_features: int
+    transposed: bool  # a Conv1D stores its weight as inputs x outputs
+    beta: float
+    alpha1: float
+    alpha2: float
+    magnitude_score_grad: bool  # the straight-through gradient reaches W' through |W'|
 
 
 class SparseLayer(nn.Module):
@@ -109,7 +107,8 @@ class SparseLayer(nn.Module):
     blocks x r x k, ``C``: blocks x k), as if the matrices were separate modules, which is
     how the paper's model is built; U, A and R stay per row.
 
-    ``sparsity`` is a float in [0, 1) (at most 1 - N/M for an N:M pattern), moved by the schedule.
+    ``sparsity`` is a float in [0, 1) (at most 1 - N/M for an N:M pattern), moved by the
+    schedule, and saved in the state dict (extra state).
     """
 
     def __init__(self, base: nn.Module, config: PSTConfig, blocks: int | BlockLayout = 1) -> None:
@@ -137,10 +136,15 @@ class SparseLayer(nn.Module):
         self.beta, self.alpha1, self.alpha2 = config.beta, config.alpha1, config.alpha2
         self.magnitude_score = config.uses_magnitude_score
         self.magnitude_score_grad = self.magnitude_score and self.spec.magnitude_score_grad
+        self.static = LayerSpec(out_features, in_features, self.transposed, self.beta, self.alpha1, self.alpha2,
+                                self.magnitude_score_grad)
         self.sparsity = 0.0
-        self._state: _StepState | None = None
-        self._peers: list[SparseLayer] | None = None  # layers whose states are rebuilt together
+        # The mask, one bit per weight (row-major, output x input), rewritten in place once per step.
+        self._mask_bits: torch.Tensor | None = None
+        self._mask_key = None  # what the mask was built from (see _state_key)
+        self._peers: list[SparseLayer] | None = None  # layers whose masks are rebuilt together
         self._create_parameters(config)
+        self._create_constants()
         _watch_optimizer_steps()
 
     def _create_parameters(self, config: PSTConfig) -> None:
@@ -163,6 +167,18 @@ class SparseLayer(nn.Module):
         if self.spec.full_score:  # movement pruning's scores start at 0, as in Sanh et al.
             self.scores = nn.Parameter(torch.zeros(n, k, **like))
 
+    def _create_constants(self) -> None:
+        """Per-layer constants, built once (buffers, so they follow ``.to()``; never saved)."""
+        device = self.weight.device
+        # A fused layer's one-hot row -> block map: spreads a per-row factor over the blocks' columns.
+        one_hot = None
+        if self.blocks > 1:
+            block_index = self.layout.block_index(device)
+            one_hot = (block_index.unsqueeze(1) == torch.arange(self.blocks, device=device)).to(self.weight.dtype)
+        self.register_buffer("block_one_hot", one_hot, persistent=False)
+        shifts = torch.arange(8, dtype=torch.uint8, device=device) if self.spec.prunes else None
+        self.register_buffer("bit_shifts", shifts, persistent=False)
+
     @property
     def sparsity(self) -> float:
         return self._sparsity
@@ -172,40 +188,6 @@ class SparseLayer(nn.Module):
         validate_sparsity(float(value), self.pattern)
         self._sparsity = float(value)
 
-    def method_parameters(self) -> list[nn.Parameter]:
-        """Parameters this layer added to the model (not the wrapped weight and bias)."""
-        return [p for p in (self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if p is not None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = self._step_state()
-        dtype = self.weight.dtype
-        if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # autocast leaves fp64 alone
-            dtype = torch.get_autocast_dtype(x.device.type)
-        return SparseLinearFunction.apply(
-            x, self.weight, self.bias, self.U, self.V, self.A, self.B, self.R, self.C, self.scores, self, state, dtype
-        )
-
-    # -- the step state ---------------------------------------------------------------------
-    def _step_state(self) -> _StepState:
-        """This step's mask and factors, rebuilt (with those of stale peers) when out of date."""
-        if self._state is None or self._state.key != self._state_key():
-            # A copy made by nn.DataParallel shares its original's peers without being one of them.
-            peers = self._peers if self._peers and self in self._peers else [self]
-            # Under FSDP only this sharding unit's weights are gathered: peers in other units
-            # rebuild their own states when their unit runs.
-            refresh_step_states([self] + [peer for peer in peers if peer is not self and peer._weights_present()])
-        return self._state
-
-    def _weights_present(self) -> bool:
-        """Whether every tensor entering the state is here in full: not an FSDP shard (a DTensor,
-        or FSDP1's flattened view) nor on another device."""
-        expected = (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
-        tensors = [t for t in (self.weight, self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if t is not None]
-        return (
-            tuple(self.weight.shape) == expected
-            and not any(_is_shard(t) or t.device != self.weight.device for t in tensors)
-        )
-
     def get_extra_state(self) -> torch.Tensor:
         """The current sparsity travels in the state dict (a tensor, so safetensors can store it):
         a checkpoint reloaded without its schedule is not silently dense."""
@@ -214,14 +196,68 @@ class SparseLayer(nn.Module):
     def set_extra_state(self, state) -> None:
         self.sparsity = float(state[0] if isinstance(state, torch.Tensor) else state)
 
+    def method_parameters(self) -> list[nn.Parameter]:
+        """Parameters this layer added to the model (not the wrapped weight and bias)."""
+        return [p for p in (self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if p is not None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.prunes and not torch.compiler.is_compiling():
+            self.refresh_mask()  # eager only: a compiled step reads the mask its schedule refreshed
+        dtype = self.weight.dtype
+        if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # autocast leaves fp64 alone
+            dtype = torch.get_autocast_dtype(x.device.type)
+        return SparseLinearFunction.apply(
+            x, self.weight, self.bias, self.U, self.V, self.A, self.B, self.R, self.C, self.scores,
+            self._mask_bits, self.bit_shifts, self.block_one_hot, self.static, dtype,
+        )
+
+    # -- the mask ---------------------------------------------------------------------------
+    def refresh_mask(self) -> None:
+        """Rebuild this step's mask (and those of stale peers) if a parameter or the sparsity changed."""
+        if self._mask_key is None or self._mask_key != self._state_key():
+            # A copy made by nn.DataParallel shares its original's peers without being one of them.
+            peers = self._peers if self._peers and self in self._peers else [self]
+            # Under FSDP only this sharding unit's weights are gathered: peers in other units
+            # rebuild their own masks when their unit runs.
+            refresh_step_states([self] + [peer for peer in peers if peer is not self and peer._weights_present()])
+
     def invalidate(self) -> None:
-        """Forget the step state: needed only after edits torch does not track (through ``.data``)."""
-        self._state = None
+        """Forget the mask: needed only after edits torch does not track (through ``.data``)."""
+        self._mask_key = None
 
     def _state_key(self) -> tuple:
         tensors = (self.weight, self.U, self.V, self.A, self.B, self.R, self.C, self.scores)
         versions = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors if t is not None)
         return (_optimizer_steps, self._sparsity, versions)
+
+    def _weights_present(self) -> bool:
+        """Whether every tensor entering the mask is here in full: not an FSDP shard (a DTensor,
+        or FSDP1's flattened view) nor on another device."""
+        expected = (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
+        tensors = [t for t in (self.weight, self.U, self.V, self.A, self.B, self.R, self.C, self.scores) if t is not None]
+        return tuple(self.weight.shape) == expected and not any(
+            _is_shard(t) or t.device != self.weight.device for t in tensors
+        )
+
+    def _replicate_for_data_parallel(self):
+        replica = super()._replicate_for_data_parallel()
+        replica._mask_bits, replica._mask_key = None, None  # each replica builds its own on its device
+        return replica
+
+    def _mask_buffer(self) -> torch.Tensor:
+        """The mask's bits, allocated once (again only after a move to another device)."""
+        if self._mask_bits is None or self._mask_bits.device != self.weight.device:
+            self._mask_bits = torch.empty((self.out_features * self.in_features + 7) // 8, dtype=torch.uint8,
+                                          device=self.weight.device)
+        return self._mask_bits
+
+    @torch.no_grad()
+    def mask(self) -> torch.Tensor | None:
+        """M as an (n, k) bool tensor (output x input), or None for methods that do not prune."""
+        if not self.spec.prunes:
+            return None
+        self.refresh_mask()
+        return unpack_mask(self._mask_bits, self.bit_shifts, self.out_features, self.in_features).bool()
 
     def _block_prunes(self) -> list[int]:
         """Entries pruned in each block (0 for methods that do not prune)."""
@@ -230,61 +266,39 @@ class SparseLayer(nn.Module):
         k = self.in_features
         return [num_pruned(self._sparsity, self.layout.block_rows(j) * k) for j in range(self.blocks)]
 
-    def _new_state(self, key) -> _StepState:
-        """The factors of a new step state (the mask is filled in by the grouped selection)."""
-        state = _StepState(key)
-        n, k, blocks = self.out_features, self.in_features, self.blocks
-        like = {"device": self.weight.device, "dtype": self.weight.dtype}
-        if blocks > 1:
-            state.block_index = self.layout.block_index(self.weight.device)
-            one_hot = state.block_index.unsqueeze(1) == torch.arange(blocks, device=self.weight.device)
-
-        def spread(per_row: torch.Tensor) -> torch.Tensor:  # (n, r) -> (n, blocks r), zero off the row's block
-            if blocks == 1:
-                return per_row
-            return (per_row.unsqueeze(1) * one_hot.unsqueeze(2)).reshape(n, -1)
-
-        if self.U is not None:
-            state.u = spread(self.U)
-        left, right = [], []
-        if self.A is not None:
-            left.append(self.alpha1 * spread(self.A))
-            right.append(self.B.view(-1, k))
-        if self.R is not None:
-            columns = one_hot.to(like["dtype"]) if blocks > 1 else torch.ones(n, 1, **like)
-            left += [self.alpha2 * self.R.unsqueeze(1), self.alpha2 * columns]
-            right += [torch.ones(1, k, **like), self.C.view(-1, k)]
-        if left:
-            state.left, state.right = torch.cat(left, dim=1), torch.cat(right, dim=0)
-        return state
-
     def _oriented(self, weight: torch.Tensor) -> torch.Tensor:
         """A weight parameter in output x input orientation (a view)."""
         return weight.t() if self.transposed else weight
 
-    def _updated(self, weight: torch.Tensor, u: torch.Tensor | None, V: torch.Tensor | None) -> torch.Tensor:
-        """W' = W + beta u V as (n, k) in the parameters' dtype; the weight itself without an update."""
-        w = self._oriented(weight)
-        if u is None:
-            return w
-        return torch.addmm(w, u, V.view(-1, self.in_features), alpha=self.beta)
-
-    def _block_score(self, state: _StepState, block: int, out: torch.Tensor) -> None:
+    def _block_score(self, block: int, out: torch.Tensor) -> None:
         """S of one block written into ``out`` (repeats, block rows, k), computed where it lands."""
         rows = self.layout.rows_of
         repeats, k = out.shape[0], self.in_features
         filled = False
+
+        def per_block(parameter: torch.Tensor) -> torch.Tensor:  # the block's V, B or C
+            return parameter[block] if self.blocks > 1 else parameter
+
         if self.magnitude_score:
             w = rows(self._oriented(self.weight), block)
-            if state.u is not None:
-                v = self.V.view(-1, k).expand(repeats, -1, -1)
-                torch.baddbmm(w, rows(state.u, block), v, alpha=self.beta, out=out).abs_()
+            if self.U is not None:
+                v = per_block(self.V).expand(repeats, -1, -1)
+                torch.baddbmm(w, rows(self.U, block), v, alpha=self.beta, out=out).abs_()
             else:
                 torch.abs(w, out=out)
             filled = True
-        if state.left is not None:
-            left, right = rows(state.left, block), state.right.expand(repeats, -1, -1)
-            out.baddbmm_(left, right) if filled else torch.bmm(left, right, out=out)
+        if self.A is not None:
+            a, b = rows(self.A, block), per_block(self.B).expand(repeats, -1, -1)
+            if filled:
+                out.baddbmm_(a, b, alpha=self.alpha1)
+            else:
+                torch.baddbmm(out, a, b, beta=0, alpha=self.alpha1, out=out)
+            filled = True
+        if self.R is not None:
+            if not filled:
+                out.zero_()
+            out.add_(rows(self.R.unsqueeze(1), block), alpha=self.alpha2)
+            out.add_(per_block(self.C), alpha=self.alpha2)
             filled = True
         if self.scores is not None:
             out.add_(rows(self.scores, block)) if filled else out.copy_(rows(self.scores, block))
@@ -292,30 +306,26 @@ class SparseLayer(nn.Module):
         if not filled:
             raise ValueError(f"this {self.method} layer has no score term")
 
-    def _set_block_mask(self, state: _StepState, block: int, keep: torch.Tensor) -> None:
-        self.layout.rows_of(state.mask, block).copy_(keep.view(self.layout.repeats, -1, self.in_features))
-
     # -- inspection and export ------------------------------------------------------------
     @torch.no_grad()
     def score(self) -> torch.Tensor:
         """S, the importance score the mask is selected from, in output x input orientation."""
-        state = self._step_state()
         score = torch.empty(self.out_features, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):
                 part = torch.empty(self.layout.repeats, self.layout.sizes[block], self.in_features, dtype=score.dtype,
                                    device=score.device)
-                self._block_score(state, block, part)
+                self._block_score(block, part)
                 self.layout.rows_of(score, block).copy_(part)
         return score
 
     @torch.no_grad()
     def effective_weight(self) -> torch.Tensor:
         """M * W' in output x input orientation, as the forward pass uses it."""
-        state = self._step_state()
+        mask = self.mask()
         with _without_autocast(self.weight.device.type):
-            updated = self._updated(self.weight, state.u, self.V)
-        return _masked(updated, state.mask, updated.dtype) if state.mask is not None else updated.clone()
+            updated = updated_weight(self.static, self.weight, self.U, self.V, self.block_one_hot)
+        return updated * mask if mask is not None else updated.clone()
 
     @torch.no_grad()
     def to_plain_module(self) -> nn.Module:
@@ -344,57 +354,55 @@ def _is_shard(tensor: torch.Tensor) -> bool:
 
 
 def link_peers(layers: list[SparseLayer]) -> None:
-    """Let these layers rebuild their step states together (``pst.sparsify`` links a model's layers)."""
+    """Let these layers rebuild their masks together (``pst.sparsify`` links a model's layers)."""
     for layer in layers:
         layer._peers = layers
 
 
 def refresh_step_states(layers: list[SparseLayer]) -> None:
-    """Rebuild the step state of every stale layer, masks by one selection per group of same-shaped blocks.
+    """Rebuild the mask of every stale layer, by one selection per group of same-shaped blocks.
 
     With the sync-free strategy (accelerators), blocks with the same number of entries,
     pruned count, pattern, dtype and device are stacked (in chunks of at most
     ``_STACK_ENTRIES`` entries) and selected in one call; each block's score is computed
-    straight into its row of the stack.
+    straight into its row of the stack. Every mask is written into its layer's bits in
+    place: old and new masks never coexist.
     """
     groups: dict[tuple, list] = defaultdict(list)
-    fresh, masked = [], defaultdict(list)
-    # Step states are never inference tensors: they are saved for backward in later training steps.
+    fresh, fused = [], []
+    # Masks are never inference tensors: they are saved for backward in later training steps.
     with torch.inference_mode(False), torch.no_grad():
         for layer in layers:
-            key = layer._state_key()
-            if layer._state is not None and layer._state.key == key:
+            if not layer.spec.prunes:
                 continue
-            with _without_autocast(layer.weight.device.type):
-                state = layer._new_state(key)
-            fresh.append((layer, state))
+            key = layer._state_key()
+            if layer._mask_key == key:
+                continue
+            fresh.append((layer, key))
+            bits = layer._mask_buffer()
             prunes = layer._block_prunes()
             if not any(prunes):
+                bits.fill_(0xFF)
                 continue
-            masked[layer.weight.device].append((layer, state))
+            # A fused layer's blocks are selected apart and packed together.
+            whole = None
+            if layer.blocks > 1:
+                whole = torch.empty(layer.out_features, layer.in_features, dtype=torch.bool, device=bits.device)
+                fused.append((layer, whole))
             k = layer.in_features
             for block, prune in enumerate(prunes):
                 numel = layer.layout.block_rows(block) * k
                 signature = (numel, prune, layer.pattern, layer.weight.dtype, layer.weight.device)
-                groups[signature].append((layer, state, block))
-        for device, states in masked.items():
-            _allocate_masks(states, device)
+                groups[signature].append((layer, block, whole))
         for (numel, prune, pattern, dtype, device), members in groups.items():
             per_chunk = max(1, _STACK_ENTRIES // numel) if masking.default_strategy(device) == "topk" else 1
             with _without_autocast(device.type):
                 for start in range(0, len(members), per_chunk):
                     _select(members[start : start + per_chunk], numel, prune, pattern, dtype, device)
-    for layer, state in fresh:  # only complete states are ever used
-        layer._state = state
-
-
-def _allocate_masks(states: list, device: torch.device) -> None:
-    """All masks of a rebuild in one block: kept for a whole step, many separate blocks would
-    fragment the heap around the step's temporaries (on CPU, 5% more peak memory)."""
-    sizes = [layer.out_features * layer.in_features for layer, _ in states]
-    flat = torch.empty(sum(sizes), dtype=torch.bool, device=device)
-    for (layer, state), part in zip(states, flat.split(sizes)):
-        state.mask = part.view(layer.out_features, layer.in_features)
+        for layer, whole in fused:
+            pack_mask(whole, layer.bit_shifts, out=layer._mask_bits)
+    for layer, key in fresh:  # only complete masks are ever used
+        layer._mask_key = key
 
 
 def _select(members: list, numel: int, prune: int, pattern, dtype: torch.dtype, device: torch.device) -> None:
@@ -402,11 +410,28 @@ def _select(members: list, numel: int, prune: int, pattern, dtype: torch.dtype, 
         keep = torch.ones(len(members), numel, dtype=torch.bool, device=device)
     else:
         scores = torch.empty(len(members), numel, dtype=dtype, device=device)
-        for row, (layer, state, block) in enumerate(members):
-            layer._block_score(state, block, scores[row].view(layer.layout.repeats, -1, layer.in_features))
+        for row, (layer, block, _) in enumerate(members):
+            layer._block_score(block, scores[row].view(layer.layout.repeats, -1, layer.in_features))
         keep = keep_mask(scores, prune, pattern)
-    for row, (layer, state, block) in enumerate(members):
-        layer._set_block_mask(state, block, keep[row])
+    for row, (layer, block, whole) in enumerate(members):
+        if whole is None:
+            pack_mask(keep[row], layer.bit_shifts, out=layer._mask_bits)
+        else:
+            layer.layout.rows_of(whole, block).copy_(keep[row].view(layer.layout.repeats, -1, layer.in_features))
+
+
+def pack_mask(keep: torch.Tensor, shifts: torch.Tensor, out: torch.Tensor) -> None:
+    """A bool mask (any shape, row-major) into ``out``, one bit per entry (bit i of byte j: entry 8 j + i)."""
+    flat = keep.reshape(-1)
+    if flat.numel() % 8:  # pad the last byte with kept entries
+        flat = torch.cat([flat, flat.new_ones(8 - flat.numel() % 8)])
+    torch.sum(flat.view(-1, 8).view(torch.uint8) << shifts, dim=1, dtype=torch.uint8, out=out)
+
+
+def unpack_mask(bits: torch.Tensor, shifts: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """The (rows, columns) mask of :func:`pack_mask` as uint8 0/1 (a free factor in products)."""
+    unpacked = (bits.unsqueeze(1) >> shifts) & 1
+    return unpacked.view(-1)[: rows * columns].view(rows, columns)
 
 
 def _without_autocast(device_type: str):
@@ -416,47 +441,74 @@ def _without_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
+def _spread(per_row: torch.Tensor, one_hot: torch.Tensor | None) -> torch.Tensor:
+    """A fused layer's per-row factor (n, r) spread over its blocks' columns (n, blocks r), zero
+    off each row's block, so that W' = W + beta spread(U) V.view(-1, k) is one product."""
+    if one_hot is None:
+        return per_row
+    return (per_row.unsqueeze(1) * one_hot.to(per_row.dtype).unsqueeze(2)).flatten(1)
+
+
+def _fold(spread: torch.Tensor, one_hot: torch.Tensor | None) -> torch.Tensor:
+    """Gradient of a spread factor (n, blocks r) back to its per-row parameter (n, r)."""
+    if one_hot is None:
+        return spread
+    per_block = spread.view(spread.shape[0], one_hot.shape[1], -1)
+    return (per_block * one_hot.to(spread.dtype).unsqueeze(2)).sum(1)
+
+
+def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    """``factor * tensor``, without an elementwise pass when the factor is 1 (the paper's default)."""
+    return tensor if factor == 1 else tensor * factor
+
+
+def updated_weight(spec: LayerSpec, weight, U, V, one_hot) -> torch.Tensor:
+    """W' = W + beta U V as (n, k) in the parameters' dtype; the weight itself without an update."""
+    w = weight.t() if spec.transposed else weight
+    if U is None:
+        return w
+    return torch.addmm(w, _spread(U, one_hot), V.view(-1, spec.in_features), alpha=spec.beta)
+
+
 def _masked(updated: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """M * W' in ``dtype``, in one pass (the product is written straight in the compute dtype)."""
     if mask is None:
         return updated.to(dtype)
-    return torch.mul(updated, _as_factor(mask), out=torch.empty(updated.shape, dtype=dtype, device=updated.device))
-
-
-def _as_factor(mask: torch.Tensor) -> torch.Tensor:
-    """A bool mask as uint8 (a free view) for products: CPU kernels cast uint8 twice as fast as bool."""
-    return mask.view(torch.uint8)
+    return torch.mul(updated, mask, out=torch.empty(updated.shape, dtype=dtype, device=updated.device))
 
 
 class SparseLinearFunction(torch.autograd.Function):
-    """y = x (M * W')^T + b with the straight-through estimator, recomputing in backward."""
+    """y = x (M * W')^T + b with the straight-through estimator, recomputing in backward.
+
+    Reads only its arguments (no layer, no Python state): ``torch.compile`` traces it whole.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, layer: SparseLayer, state: _StepState, dtype):
+    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, bits, shifts, one_hot, spec: LayerSpec, dtype):
         with _without_autocast(x.device.type):
             x = x.to(dtype)
-            effective = _masked(layer._updated(weight, state.u, V), state.mask, dtype)
+            mask = None if bits is None else unpack_mask(bits, shifts, spec.out_features, spec.in_features)
+            effective = _masked(updated_weight(spec, weight, U, V, one_hot), mask, dtype)
             y = nn.functional.linear(x, effective, None if bias is None else bias.to(dtype))
-        ctx.layer = layer
-        ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, state.mask, state.u, state.left, state.right,
-                              state.block_index)
+        ctx.spec = spec
+        ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, U, V, A, B, R, C, scores, mask, u, left, right, block_index = ctx.saved_tensors
-        layer: SparseLayer = ctx.layer
+        x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot = ctx.saved_tensors
         with _without_autocast(grad_y.device.type):
-            grads = _backward(layer, ctx.needs_input_grad, grad_y.to(x.dtype), x, weight, U, V, A, B, R, C, scores,
-                              mask, u, left, right, block_index)
-        return (*grads, None, None, None)
+            grads = _backward(ctx.spec, ctx.needs_input_grad, grad_y.to(x.dtype), x, weight, U, V, A, B, R, C,
+                              scores, bits, shifts, one_hot)
+        return (*grads, None, None, None, None, None)
 
 
-def _backward(layer, needs, grad_y, x, weight, U, V, A, B, R, C, scores, mask, u, left, right, block_index):
-    n, k = layer.out_features, layer.in_features
+def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot):
+    n, k = spec.out_features, spec.in_features
     grad_x = grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
     grad_y = grad_y.reshape(-1, n)
-    updated = layer._updated(weight, u, V)
+    updated = updated_weight(spec, weight, U, V, one_hot)
+    mask = None if bits is None else unpack_mask(bits, shifts, n, k)
     if needs[0]:
         grad_x = (grad_y @ _masked(updated, mask, x.dtype)).view(x.shape)
     if needs[2]:
@@ -467,48 +519,39 @@ def _backward(layer, needs, grad_y, x, weight, U, V, A, B, R, C, scores, mask, u
         # dL/d(M * W'), the dense gradient every method needs: the third matrix product of a layer.
         grad_effective = grad_y.t() @ x.reshape(-1, k)
         # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W' (in at least the parameters' precision).
-        grad_score = grad_effective * updated if (score_needs or layer.magnitude_score_grad) else None
+        grad_score = grad_effective * updated if (score_needs or spec.magnitude_score_grad) else None
         if weight_needs:
-            if layer.magnitude_score_grad:
+            if spec.magnitude_score_grad:
                 # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, dL/d(M W')).
                 grad_updated = torch.copysign(grad_score, grad_effective)
                 if mask is not None:
-                    grad_updated.addcmul_(grad_effective, _as_factor(mask))
+                    grad_updated.addcmul_(grad_effective, mask)
                 else:
                     grad_updated.add_(grad_effective)
             else:
-                grad_updated = grad_effective * _as_factor(mask) if mask is not None else grad_effective
+                grad_updated = grad_effective * mask if mask is not None else grad_effective
             if needs[1]:
-                grad_weight = grad_updated.t() if layer.transposed else grad_updated
+                grad_weight = grad_updated.t() if spec.transposed else grad_updated
             # Rank-r products put the small factor first (twice as fast on CPU as G @ V^T) and
             # cast it to the n x k gradient's dtype, never the other way round.
             dtype = grad_updated.dtype
             if needs[3]:
-                grad_U = _fold(layer.beta * (V.view(-1, k).to(dtype) @ grad_updated.t()).t(), block_index, layer.blocks)
+                grad_U = _fold(_scaled((V.view(-1, k).to(dtype) @ grad_updated.t()).t(), spec.beta), one_hot)
             if needs[4]:
-                grad_V = (layer.beta * (u.t().to(dtype) @ grad_updated)).view(V.shape)
-        if score_needs and left is not None:
-            grad_left = (right.to(grad_score.dtype) @ grad_score.t()).t()  # (n, q): A's and R's columns
-            grad_right = left.t().to(grad_score.dtype) @ grad_score  # (q, k): B's and C's rows
-            a_cols = 0
-            if A is not None:
-                a_cols = layer.blocks * A.shape[1]
-                grad_A = _fold(layer.alpha1 * grad_left[:, :a_cols], block_index, layer.blocks)
-                grad_B = grad_right[:a_cols].view(B.shape)
-            if R is not None:
-                grad_R = layer.alpha2 * grad_left[:, a_cols]
-                grad_C = grad_right[a_cols + 1 :].view(C.shape)
-        if scores is not None and score_needs:
-            grad_scores = grad_score
+                grad_V = _scaled(_spread(U, one_hot).t().to(dtype) @ grad_updated, spec.beta).view(V.shape)
+        if score_needs:
+            dtype = grad_score.dtype
+            if needs[5]:
+                grad_A = _fold(_scaled((B.view(-1, k).to(dtype) @ grad_score.t()).t(), spec.alpha1), one_hot)
+            if needs[6]:
+                grad_B = _scaled(_spread(A, one_hot).t().to(dtype) @ grad_score, spec.alpha1).view(B.shape)
+            if needs[7]:
+                grad_R = _scaled(grad_score.sum(1), spec.alpha2)
+            if needs[8]:
+                per_column = grad_score.sum(0) if one_hot is None else one_hot.t().to(dtype) @ grad_score
+                grad_C = _scaled(per_column, spec.alpha2).view(C.shape)
+            if needs[9]:
+                grad_scores = grad_score
     grads = (grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores)
     params = (x, weight, weight, U, V, A, B, R, C, scores)  # the bias has the weight's dtype
     return tuple(g if g is None else g.to(p.dtype) for g, p in zip(grads, params))
-
-
-def _fold(spread: torch.Tensor, block_index: torch.Tensor | None, blocks: int) -> torch.Tensor:
-    """Gradient of a spread factor (n, blocks r) back to its per-row parameter (n, r)."""
-    if block_index is None:
-        return spread
-    n = spread.shape[0]
-    per_block = spread.reshape(n, blocks, -1)
-    return per_block.gather(1, block_index.view(n, 1, 1).expand(n, 1, per_block.shape[2])).squeeze(1)

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .distributed import unwrap
-from .surgery import CONFIG_ATTRIBUTE, set_sparsity, sparse_layers
+from .surgery import CONFIG_ATTRIBUTE, refresh_masks, set_sparsity, sparse_layers
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class SparsityScheduler:
     def _apply(self) -> float:
         sparsity = self.get_sparsity()
         set_sparsity(self.model, sparsity)
+        refresh_masks(self.model)  # here, outside any compiled step (see pst.refresh_masks)
         return sparsity
 
     def state_dict(self) -> dict:

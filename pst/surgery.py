@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import PSTConfig
 from .fused import BlockLayout
-from .layers import SUPPORTED_MODULES, SparseLayer, link_peers, oriented_shape
+from .layers import SUPPORTED_MODULES, SparseLayer, link_peers, oriented_shape, refresh_step_states
 from .methods import get_method
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,19 @@ def invalidate_masks(model: nn.Module) -> None:
     """
     for _, layer in sparse_layers(model):
         layer.invalidate()
+
+
+def refresh_masks(model: nn.Module) -> None:
+    """Bring every sparse layer's mask up to date now, with one grouped selection.
+
+    An eager forward does this by itself. A ``torch.compile``-d model does not check its
+    masks (no Python decision inside the compiled step): ``SparsityScheduler`` and
+    ``SparsityCallback`` call this after each schedule step; a compiled loop without them
+    calls it after each ``optimizer.step()``. Layers whose weights are sharded away (FSDP)
+    are left to rebuild theirs in their unit's forward.
+    """
+    layers = [layer for _, layer in sparse_layers(model)]
+    refresh_step_states([layer for layer in layers if layer._weights_present()])
 
 
 @dataclass(frozen=True)

@@ -172,4 +172,39 @@ def test_a_data_parallel_replica_builds_its_own_masks(tiny_model):
     for name in ("weight", "bias", "U", "V", "A", "B", "R", "C"):
         setattr(replica, name, getattr(layer, name).detach().clone())
     assert torch.equal(replica.effective_weight(), expected)
-    assert replica._state is not layer._state and layer._state.mask.data_ptr() != replica._state.mask.data_ptr()
+    assert layer._mask_bits.data_ptr() != replica._mask_bits.data_ptr()
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (3, 5), (1, 1), (7, 9)])
+def test_masks_pack_into_one_bit_per_weight_and_back(shape):
+    keep = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) > 0.5
+    shifts = torch.arange(8, dtype=torch.uint8)
+    bits = torch.empty((keep.numel() + 7) // 8, dtype=torch.uint8)
+    pst.layers.pack_mask(keep, shifts, out=bits)
+    assert torch.equal(pst.layers.unpack_mask(bits, shifts, *shape).bool(), keep)
+
+
+def test_a_mask_is_one_bit_per_weight_rewritten_in_place(tiny_model, token_batch):
+    model = sparse_bert(tiny_model).train()
+    optimizer = torch.optim.AdamW(pst.optimizer_parameters(model), lr=1e-2)
+    train_step(model, token_batch, optimizer)
+    layers = [layer for _, layer in pst.sparse_layers(model)]
+    where = [layer._mask_bits.data_ptr() for layer in layers]
+    before = masks(model)
+    for sparsity in (0.6, 0.7):
+        pst.set_sparsity(model, sparsity)
+        train_step(model, token_batch, optimizer)
+    assert [layer._mask_bits.data_ptr() for layer in layers] == where  # never a new mask beside the old one
+    assert all(layer._mask_bits.numel() * 8 == layer.weight.numel() for layer in layers)
+    after = masks(model)
+    assert any(not torch.equal(after[name], before[name]) for name in before)
+
+
+def test_the_sparsity_travels_in_the_state_dict(tiny_model):
+    trained = sparse_bert(tiny_model, sparsity=0.7)
+    fresh = pst.sparsify(tiny_model("bert"), PSTConfig())
+    assert all(layer.sparsity == 0.0 for _, layer in pst.sparse_layers(fresh))
+    fresh.load_state_dict(trained.state_dict())
+    assert all(layer.sparsity == 0.7 for _, layer in pst.sparse_layers(fresh))
+    expected = masks(trained)
+    assert all(torch.equal(mask, expected[name]) for name, mask in masks(fresh).items())
