@@ -89,15 +89,15 @@ def shard(model, kind: str):
 
 
 def counting_rebuilds() -> Counter:
-    """Count step-state rebuilds per layer (``_new_state`` runs once per stale layer)."""
+    """Count mask rebuilds per layer (``_block_prunes`` runs once per stale layer of a rebuild)."""
     counts: Counter = Counter()
-    original = pst.layers.SparseLayer._new_state
+    original = pst.layers.SparseLayer._block_prunes
 
-    def new_state(layer, key):
+    def block_prunes(layer):
         counts[id(layer)] += 1
-        return original(layer, key)
+        return original(layer)
 
-    pst.layers.SparseLayer._new_state = new_state
+    pst.layers.SparseLayer._block_prunes = block_prunes
     return counts
 
 
