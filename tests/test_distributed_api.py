@@ -188,3 +188,17 @@ def test_logged_loss_carries_the_sparsity_its_forward_ran_at(tiny_model, token_d
         assert entry["sparsity"] == pst.cubic_sparsity(entry["step"] - 1, 8, final_sparsity=0.6), entry
     for entry in evaluations:  # evaluated after step t: at the sparsity of step t
         assert entry["sparsity"] == pst.cubic_sparsity(entry["step"], 8, final_sparsity=0.6), entry
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="pst/layers.py (the lead's): on a sharded layer effective_weight/mask/score fail inside "
+                          "torch with 'got mixed torch.Tensor and DTensor'; refresh_mask should raise a ValueError "
+                          "naming pst.distributed.gathered when not self._weights_present()")
+@pytest.mark.parametrize("method", ["effective_weight", "mask", "score"])
+def test_inspecting_a_sharded_layer_refuses_and_names_the_fix(sharded, method):
+    model, _, _ = sharded
+    layer = model.model.layers[0].self_attn.q_proj
+    with pytest.raises(ValueError, match="gathered"):
+        getattr(layer, method)()
+    with distributed.gathered(model):
+        assert getattr(layer, method)().shape == (layer.out_features, layer.in_features)
