@@ -202,3 +202,32 @@ def test_inspecting_a_sharded_layer_refuses_and_names_the_fix(sharded, method):
         getattr(layer, method)()
     with distributed.gathered(model):
         assert getattr(layer, method)().shape == (layer.out_features, layer.in_features)
+
+
+# -- the sparsity travels with the weights -----------------------------------------------------------------
+
+
+def test_a_state_dict_reloaded_without_the_schedule_keeps_the_sparsity(token_batch_llama):
+    trained = sparse_llama()
+    pst.set_sparsity(trained, 0.7)
+    fresh = pst.sparsify(causal_lm("llama"), PSTConfig(sparsity=0.5))  # sparsity 0 until a schedule moves it
+    fresh.load_state_dict(trained.state_dict())
+    assert {layer.sparsity for _, layer in pst.sparse_layers(fresh)} == {0.7}
+    with torch.no_grad():
+        assert torch.equal(fresh(**token_batch_llama).logits, trained(**token_batch_llama).logits)
+
+
+def test_a_trainer_checkpoint_reloaded_without_the_schedule_keeps_the_sparsity(token_dataset, tiny_model, tmp_path):
+    from safetensors.torch import load_file as load_weights
+
+    model = pst.sparsify(tiny_model("bert"), PSTConfig(sparsity=0.6))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=4, report_to=[],
+                             save_strategy="steps", save_steps=4, use_cpu=True, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=token_dataset, callbacks=[pst.SparsityCallback()]).train()
+    weights = load_weights(tmp_path / "checkpoint-4" / "model.safetensors")
+    assert any(name.endswith("_extra_state") for name in weights)
+    fresh = pst.sparsify(tiny_model("bert"), PSTConfig(sparsity=0.6))
+    missing, unexpected = fresh.load_state_dict(weights, strict=False)
+    assert not unexpected and not [name for name in missing if "extra_state" in name], missing
+    assert {layer.sparsity for _, layer in pst.sparse_layers(fresh)} == {0.6}
+    assert pst.sparsity_report(fresh) == pst.sparsity_report(model)
