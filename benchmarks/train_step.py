@@ -12,6 +12,8 @@ memory and peak x LoRA.
     python benchmarks/train_step.py --device cuda --shape gpt2-medium --precision bf16
     python benchmarks/train_step.py --device cuda --shape llama-7b-layers --precision bf16-weights
     python benchmarks/train_step.py --layers 2 --steps 2             # a quick look
+    python benchmarks/train_step.py --count-ops --precision bf16     # + kernel launches and bytes per step
+    python benchmarks/train_step.py --compile                        # every method under torch.compile
 
 Shapes: ``bert-base`` (12 encoder layers, hidden 768, FFN 3072, sequence classification),
 ``gpt2-medium`` (24 layers, hidden 1024, Conv1D with fused q/k/v, language modelling),
@@ -27,6 +29,13 @@ request ``movement`` and ``magnitude``. Pruning methods run at the target sparsi
 0.9), where every matrix needs its threshold at every step. Peak memory: CUDA's
 ``max_memory_allocated``; on CPU the process's peak RSS, which glibc's heap fragmentation
 moves by a few percent from run to run.
+
+``--count-ops`` records one more step of each method with a ``TorchDispatchMode``
+(``op_count.py``), the mask selection forced to the sync-free accelerator strategy, and
+reports the ops that launch kernels, their ratio to dense, the bytes moved by PST's own ops
+per sparsified weight, and the host synchronisations in pst code: what decides GPU step
+time, counted exactly on a CPU. ``--compile`` wraps each model in ``torch.compile``
+(inductor) before the warm-up steps, which then include compilation.
 
 On a CPU shared with other work, pass ``--threads 1``: with two threads, a descheduled
 OpenMP thread stalls every parallel region, and PST (many more, smaller parallel regions
@@ -114,6 +123,9 @@ def worker(method: str, args) -> None:
     cuda = args.device.startswith("cuda")
     model = _build(method, args)
     params = [p for p in model.parameters() if p.requires_grad]
+    sparsified = _sparsified_weights(model, args)
+    if args.compile:
+        model = torch.compile(model)
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     ids, labels = _batch(args)
     device_type = "cuda" if cuda else "cpu"
@@ -140,7 +152,12 @@ def worker(method: str, args) -> None:
         allocated_before = torch.cuda.memory_allocated() / 2**20
     _reply("ready")
     times, cpu_times = [], []
+    counted = None
     for line in sys.stdin:
+        if line.strip() == "count":
+            counted = _count_step(step, sparsified)
+            _reply("counted")
+            continue
         if line.strip() != "step":
             break
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -162,7 +179,41 @@ def worker(method: str, args) -> None:
         result["above_model_mib"] = result["peak_mib"] - rss_before
         result["device_name"] = f"cpu ({torch.get_num_threads()} threads)"
     result["torch"] = torch.__version__
+    result["sparsified_weights"] = sparsified
+    if counted:
+        result.update(counted)
     _reply(result)
+
+
+def _sparsified_weights(model, args) -> int:
+    """Entries of the matrices a method wraps (the targets of PST's defaults, for every method)."""
+    import pst
+
+    target = pst.PSTConfig(target_modules=LLAMA_TARGETS if args.shape == "llama-7b-layers" else None)
+    resolved = target.resolved_for(model.config.model_type)
+    total = 0
+    for name, module in model.named_modules():
+        if pst.surgery.matches_target(name.replace("base_model.model.", ""), resolved.target_modules):
+            weight = getattr(module, "weight", None)
+            if weight is not None and weight.dim() == 2:
+                total += weight.numel()
+    return total
+
+
+def _count_step(step, sparsified: int) -> dict:
+    """One step under the op counter, selection as on accelerators (sync-free)."""
+    import pst
+    from op_count import OpCounter
+
+    original = pst.masking.default_strategy
+    pst.masking.default_strategy = lambda device: "topk"
+    try:
+        with OpCounter() as counter:
+            step()
+    finally:
+        pst.masking.default_strategy = original
+    return {"launches": counter.launches, "gb_moved": counter.total_bytes / 1e9, "pst_launches": sum(counter.pst_ops.values()),
+            "pst_bytes_per_weight": counter.pst_bytes / max(sparsified, 1), "pst_syncs": counter.pst_syncs}
 
 
 def _reply(value) -> None:
@@ -173,6 +224,7 @@ def measure(args) -> dict:
     """Time every method in its own process, one step each in turn, so load changes hit all alike."""
     settings = [f"--{name}={getattr(args, name)}" for name in
                 ("device", "shape", "precision", "layers", "batch", "seq", "sparsity", "steps", "warmup", "threads")]
+    settings += [flag for flag, on in (("--compile", args.compile), ("--count-ops", args.count_ops)) if on]
     workers = {}
     for method in args.methods:  # built one after the other: peak build memory stays one model's
         workers[method] = subprocess.Popen([sys.executable, __file__, "--worker", method, *settings],
@@ -181,6 +233,11 @@ def measure(args) -> dict:
     for _ in range(args.warmup + args.steps):
         for method, process in workers.items():
             process.stdin.write("step\n")
+            process.stdin.flush()
+            _expect(workers, method)
+    if args.count_ops:
+        for method, process in workers.items():
+            process.stdin.write("count\n")
             process.stdin.flush()
             _expect(workers, method)
     results = {}
@@ -237,6 +294,14 @@ def table(results: dict, args) -> str:
             + f"{r['peak_mib']:.0f} | {_ratio(r['peak_mib'], lora, 'peak_mib')} | "
             f"{_ratio(r['above_model_mib'], lora, 'above_model_mib')} | {r['trainable']:,} |"
         )
+    if any("launches" in r for r in results.values()):
+        lines += ["", "Kernel-launching ops of one step (mask selection as on accelerators, sync-free):", "",
+                  "| method | launching ops | × dense | PST's own ops | PST's own bytes per sparsified weight | "
+                  "syncs in pst code | GB moved |", "|---|---|---|---|---|---|---|"]
+        for method, r in results.items():
+            lines.append(f"| {method} | {r['launches']:,} | {_ratio(r['launches'], dense, 'launches')} | "
+                         f"{r['pst_launches']:,} | {r['pst_bytes_per_weight']:.0f} | {r['pst_syncs']} | "
+                         f"{r['gb_moved']:.1f} |")
     return "\n".join(lines)
 
 
@@ -254,6 +319,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on CUDA, 2 on CPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--count-ops", action="store_true", help="also count kernel launches and bytes of one step")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (inductor)")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     layers, cpu_batch, cuda_batch, seq = SHAPES[args.shape]

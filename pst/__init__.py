@@ -5,6 +5,7 @@
     pst.merge(model).save_pretrained("out")   # a plain transformers checkpoint
     pst.save_adapter(model, "adapter")        # or only what PST trained; pst.load_adapter(base, "adapter")
 """
+from ._version import __version__
 from .adapter import adapter_state_dict, load_adapter, save_adapter
 from .adapter_trainer import AdapterCheckpointCallback
 from .config import ARCHITECTURE_DEFAULTS, PSTConfig
@@ -25,8 +26,6 @@ from .surgery import (
     sparsify,
     trainable_parameters,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURE_DEFAULTS", "METHODS", "AdapterCheckpointCallback", "MethodSpec", "PSTConfig", "SparseLayer",

@@ -6,7 +6,9 @@ for LoRA, an adapter is two files:
 
 - ``pst_adapter.safetensors``: the trained tensors, by their names in the wrapped model;
 - ``pst_adapter_config.json``: the (resolved) ``PSTConfig``, every wrapped layer's shape and
-  current sparsity (so the masks come back identical), the model type, a format version.
+  current sparsity (so the masks come back identical), the model type, a format version,
+  and a fingerprint of the base weights (:mod:`pst.base_fingerprint`), so that loading onto
+  other weights of the same shape warns.
 
 The names differ from peft's ``adapter_config.json`` on purpose: transformers'
 ``from_pretrained`` and ``Trainer`` take a folder holding ``adapter_config.json`` for a peft
@@ -15,33 +17,36 @@ adapter, so a PST adapter saved beside a model would break loading that model.
 ``load_adapter`` validates everything it can before touching the model (model type, method,
 layer names and shapes, head parameters), so bad input leaves the base model as it was.
 It also reads a ``Trainer`` checkpoint folder, whose ``model.safetensors`` holds the whole
-wrapped model (see :mod:`pst.adapter_trainer`).
+wrapped model (see :mod:`pst.trainer_checkpoint`).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from . import distributed
+from ._version import __version__
+from .adapter_format import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    FORMAT,
+    FORMAT_VERSION,
+    StoredAdapter,
+    check_method,
+    read_adapter_folder,
+)
+from .base_fingerprint import fingerprint, warn_if_other_base
 from .config import PSTConfig
-from .methods import get_method
 from .surgery import CONFIG_ATTRIBUTE, find_targets, matches_target, sparse_layers, sparsify
+from .trainer_checkpoint import is_trainer_checkpoint, read_trainer_checkpoint
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_WEIGHTS = "pst_adapter.safetensors"
-ADAPTER_CONFIG = "pst_adapter_config.json"
-FORMAT = "pst-adapter"
-FORMAT_VERSION = 1
 _PEFT_CONFIG = "adapter_config.json"
 
 
@@ -58,16 +63,6 @@ def _oriented_shape(module: nn.Module) -> list[int]:
     return list(module.weight.shape)
 
 
-def _check_method(config: PSTConfig, source: str) -> None:
-    spec = get_method(config.method)
-    if spec.trains_pretrained:
-        raise ValueError(
-            f"{source}: method {config.method!r} fine-tunes every pre-trained weight, so there is no "
-            "small adapter to save; save the whole model with pst.merge(model).save_pretrained(folder). "
-            "Adapters exist for the methods that freeze the base model: 'pst', 'lora'"
-        )
-
-
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor the method trains, by its name in the wrapped model: the layers' added
     parameters (U, V, A, B, R, C) and the task head's when ``train_head``.
@@ -81,7 +76,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     config = getattr(model, CONFIG_ATTRIBUTE, None)
     if config is None:
         raise ValueError("this model is not sparsified: call pst.sparsify(model, config) before saving an adapter")
-    _check_method(config, "save_adapter")
+    check_method(config, "save_adapter")
     wanted = {id(p) for _, layer in sparse_layers(model) for p in layer.method_parameters()}
     if config.train_head:
         for name, module in model.named_modules():
@@ -92,12 +87,12 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def adapter_description(model: nn.Module) -> dict:
     """The content of ``pst_adapter_config.json`` for a sparsified model."""
-    from . import __version__
-
     model = distributed.unwrap(model)
     config: PSTConfig = getattr(model, CONFIG_ATTRIBUTE)
     layers = {
-        distributed.clean_name(name): {"shape": _oriented_shape(layer), "blocks": layer.blocks, "sparsity": layer.sparsity}
+        distributed.clean_name(name): {
+            "shape": _oriented_shape(layer), "blocks": layer.blocks, "sparsity": layer.sparsity,
+        }
         for name, layer in sparse_layers(model)
     }
     sparsities = {entry["sparsity"] for entry in layers.values()}
@@ -111,6 +106,9 @@ def adapter_description(model: nn.Module) -> dict:
         "pst_config": config.to_dict(),
         "sparsity": sparsities.pop() if len(sparsities) == 1 else None,
         "layers": layers,
+        "base_fingerprint": fingerprint(
+            {distributed.clean_name(name): layer.weight for name, layer in sparse_layers(model)}
+        ),
     }
 
 
@@ -145,59 +143,6 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
 # -- loading ------------------------------------------------------------------------------------
 
 
-@dataclass
-class StoredAdapter:
-    """What ``load_adapter`` restores, whichever folder it came from.
-
-    ``layers`` maps each wrapped module to its (out, in) ``shape`` and ``sparsity``; ``names``
-    are the stored tensors, which ``read`` returns by name. ``whole_model``: the file holds the
-    whole wrapped model (a Trainer checkpoint), not only the adapter.
-    """
-
-    source: str
-    config: PSTConfig
-    model_type: str | None
-    layers: dict[str, dict]
-    names: set[str]
-    read: Callable[[list[str]], dict[str, torch.Tensor]]
-    whole_model: bool = False
-    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # of the stored tensors, when cheap to know
-
-
-def read_adapter_folder(directory: Path) -> StoredAdapter:
-    """Parse and validate ``pst_adapter_config.json`` and the tensor names of the weights file."""
-    config_path, weights_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{directory} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}")
-    try:
-        description = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
-    found = description.get("format") if isinstance(description, dict) else None
-    if found != FORMAT:
-        raise ValueError(f"{config_path} is not a pst adapter config (format {found!r}, expected {FORMAT!r})")
-    version = description.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path} has format version {version!r}; this pst reads versions <= {FORMAT_VERSION}: upgrade pst"
-        )
-    absent = [key for key in ("pst_config", "layers") if not isinstance(description.get(key), dict)]
-    if absent:
-        raise ValueError(f"{config_path} lacks {absent} (an incomplete or hand-edited file?)")
-    config = PSTConfig.from_dict(description["pst_config"])
-    _check_method(config, str(config_path))
-    with safe_open(weights_path, framework="pt") as handle:
-        shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
-
-    def read(wanted: list[str]) -> dict[str, torch.Tensor]:
-        with safe_open(weights_path, framework="pt") as handle:
-            return {name: handle.get_tensor(name) for name in wanted if name in shapes}
-
-    return StoredAdapter(
-        str(directory), config, description.get("model_type"), description["layers"], set(shapes), read, shapes=shapes
-    )
-
-
 def _stored(directory: Path, config: PSTConfig | None, sparsity: float | None) -> StoredAdapter:
     if not directory.is_dir():
         raise FileNotFoundError(f"no such adapter folder: {directory}")
@@ -208,8 +153,6 @@ def _stored(directory: Path, config: PSTConfig | None, sparsity: float | None) -
                 "config= is only for Trainer checkpoints without one"
             )
         return read_adapter_folder(directory)
-    from .adapter_trainer import is_trainer_checkpoint, read_trainer_checkpoint
-
     if is_trainer_checkpoint(directory):
         return read_trainer_checkpoint(directory, config, sparsity)
     peft_config = directory / _PEFT_CONFIG
@@ -304,6 +247,7 @@ def load_adapter(
                                "or shard it (DDP(model), fully_shard(...), Trainer)")
     stored = _stored(Path(directory), config, sparsity)
     _check_fits(model, stored)
+    warn_if_other_base(model, stored.base_fingerprint, stored.source)
     sparsify(model, stored.config)
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - stored.names)

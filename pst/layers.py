@@ -420,17 +420,25 @@ def _select(members: list, numel: int, prune: int, pattern, dtype: torch.dtype, 
             layer.layout.rows_of(whole, block).copy_(keep[row].view(layer.layout.repeats, -1, layer.in_features))
 
 
+# Bytes of mask packed per pass: bounds the packing temporary (one byte per entry) for LLM-sized
+# matrices; smaller ones pack in one pass.
+_PACK_BYTES = 1 << 21
+
+
 def pack_mask(keep: torch.Tensor, shifts: torch.Tensor, out: torch.Tensor) -> None:
     """A bool mask (any shape, row-major) into ``out``, one bit per entry (bit i of byte j: entry 8 j + i)."""
     flat = keep.reshape(-1)
     if flat.numel() % 8:  # pad the last byte with kept entries
         flat = torch.cat([flat, flat.new_ones(8 - flat.numel() % 8)])
-    torch.sum(flat.view(-1, 8).view(torch.uint8) << shifts, dim=1, dtype=torch.uint8, out=out)
+    grouped = flat.view(-1, 8).view(torch.uint8)
+    for start in range(0, grouped.shape[0], _PACK_BYTES):
+        part = grouped[start : start + _PACK_BYTES]
+        torch.sum(part << shifts, dim=1, dtype=torch.uint8, out=out[start : start + part.shape[0]])
 
 
 def unpack_mask(bits: torch.Tensor, shifts: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
     """The (rows, columns) mask of :func:`pack_mask` as uint8 0/1 (a free factor in products)."""
-    unpacked = (bits.unsqueeze(1) >> shifts) & 1
+    unpacked = (bits.unsqueeze(1) >> shifts).bitwise_and_(1)
     return unpacked.view(-1)[: rows * columns].view(rows, columns)
 
 
@@ -470,10 +478,13 @@ def updated_weight(spec: LayerSpec, weight, U, V, one_hot) -> torch.Tensor:
     return torch.addmm(w, _spread(U, one_hot), V.view(-1, spec.in_features), alpha=spec.beta)
 
 
-def _masked(updated: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """M * W' in ``dtype``, in one pass (the product is written straight in the compute dtype)."""
+def _masked(updated: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype, reuse: bool = False) -> torch.Tensor:
+    """M * W' in ``dtype``, in one pass (the product is written straight in the compute dtype);
+    ``reuse``: W' may be overwritten."""
     if mask is None:
         return updated.to(dtype)
+    if reuse and updated.dtype == dtype:
+        return updated.mul_(mask)
     return torch.mul(updated, mask, out=torch.empty(updated.shape, dtype=dtype, device=updated.device))
 
 
@@ -488,7 +499,7 @@ class SparseLinearFunction(torch.autograd.Function):
         with _without_autocast(x.device.type):
             x = x.to(dtype)
             mask = None if bits is None else unpack_mask(bits, shifts, spec.out_features, spec.in_features)
-            effective = _masked(updated_weight(spec, weight, U, V, one_hot), mask, dtype)
+            effective = _masked(updated_weight(spec, weight, U, V, one_hot), mask, dtype, reuse=U is not None)
             y = nn.functional.linear(x, effective, None if bias is None else bias.to(dtype))
         ctx.spec = spec
         ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot)
@@ -504,10 +515,13 @@ class SparseLinearFunction(torch.autograd.Function):
 
 
 def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot):
+    """The gradients, with at most two n x k temporaries besides the unpacked mask: W' becomes
+    dL/dS and then dL/dW' in place (when W' is not the weight itself)."""
     n, k = spec.out_features, spec.in_features
     grad_x = grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
     grad_y = grad_y.reshape(-1, n)
     updated = updated_weight(spec, weight, U, V, one_hot)
+    reusable = U is not None  # W' is a fresh tensor (without U it is the weight)
     mask = None if bits is None else unpack_mask(bits, shifts, n, k)
     if needs[0]:
         grad_x = (grad_y @ _masked(updated, mask, x.dtype)).view(x.shape)
@@ -515,43 +529,55 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
         grad_bias = grad_y.sum(0)
     score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
     weight_needs = needs[1] or needs[3] or needs[4]
-    if score_needs or weight_needs:
-        # dL/d(M * W'), the dense gradient every method needs: the third matrix product of a layer.
-        grad_effective = grad_y.t() @ x.reshape(-1, k)
-        # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W' (in at least the parameters' precision).
-        grad_score = grad_effective * updated if (score_needs or spec.magnitude_score_grad) else None
-        if weight_needs:
-            if spec.magnitude_score_grad:
-                # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, dL/d(M W')).
-                grad_updated = torch.copysign(grad_score, grad_effective)
-                if mask is not None:
-                    grad_updated.addcmul_(grad_effective, mask)
-                else:
-                    grad_updated.add_(grad_effective)
+    if not (score_needs or weight_needs):
+        return _in_dtypes((grad_x, None, grad_bias, None, None, None, None, None, None, None), x, weight, U, V, A,
+                          B, R, C, scores)
+    # dL/d(M * W'), the dense gradient every method needs: the third matrix product of a layer.
+    grad_effective = grad_y.t() @ x.reshape(-1, k)
+    # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W' (in at least the parameters' precision).
+    grad_score = None
+    if score_needs or spec.magnitude_score_grad:
+        promoted = torch.promote_types(updated.dtype, grad_effective.dtype) == updated.dtype
+        grad_score = updated.mul_(grad_effective) if reusable and promoted else grad_effective * updated
+    del updated
+    if score_needs:
+        dtype = grad_score.dtype
+        if needs[5]:
+            grad_A = _fold(_scaled(grad_score @ B.view(-1, k).t().to(dtype), spec.alpha1), one_hot)
+        if needs[6]:
+            grad_B = _scaled(_spread(A, one_hot).t().to(dtype) @ grad_score, spec.alpha1).view(B.shape)
+        if needs[7]:
+            grad_R = _scaled(grad_score.sum(1), spec.alpha2)
+        if needs[8]:
+            per_column = grad_score.sum(0) if one_hot is None else one_hot.t().to(dtype) @ grad_score
+            grad_C = _scaled(per_column, spec.alpha2).view(C.shape)
+        if needs[9]:
+            grad_scores = grad_score
+    if weight_needs:
+        if spec.magnitude_score_grad:
+            # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, dL/d(M W')).
+            grad_updated = grad_score.copysign_(grad_effective) if not needs[9] else torch.copysign(grad_score, grad_effective)
+            if mask is not None:
+                grad_updated.addcmul_(grad_effective, mask)
             else:
-                grad_updated = grad_effective * mask if mask is not None else grad_effective
-            if needs[1]:
-                grad_weight = grad_updated.t() if spec.transposed else grad_updated
-            # Rank-r products put the small factor first (twice as fast on CPU as G @ V^T) and
-            # cast it to the n x k gradient's dtype, never the other way round.
-            dtype = grad_updated.dtype
-            if needs[3]:
-                grad_U = _fold(_scaled((V.view(-1, k).to(dtype) @ grad_updated.t()).t(), spec.beta), one_hot)
-            if needs[4]:
-                grad_V = _scaled(_spread(U, one_hot).t().to(dtype) @ grad_updated, spec.beta).view(V.shape)
-        if score_needs:
-            dtype = grad_score.dtype
-            if needs[5]:
-                grad_A = _fold(_scaled((B.view(-1, k).to(dtype) @ grad_score.t()).t(), spec.alpha1), one_hot)
-            if needs[6]:
-                grad_B = _scaled(_spread(A, one_hot).t().to(dtype) @ grad_score, spec.alpha1).view(B.shape)
-            if needs[7]:
-                grad_R = _scaled(grad_score.sum(1), spec.alpha2)
-            if needs[8]:
-                per_column = grad_score.sum(0) if one_hot is None else one_hot.t().to(dtype) @ grad_score
-                grad_C = _scaled(per_column, spec.alpha2).view(C.shape)
-            if needs[9]:
-                grad_scores = grad_score
-    grads = (grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores)
-    params = (x, weight, weight, U, V, A, B, R, C, scores)  # the bias has the weight's dtype
+                grad_updated.add_(grad_effective)
+        else:
+            grad_updated = grad_effective.mul_(mask) if mask is not None else grad_effective
+        del grad_effective, mask, grad_score
+        if needs[1]:
+            grad_weight = grad_updated.t() if spec.transposed else grad_updated
+        # Rank-r products cast the small factor to the n x k gradient's dtype, never the other
+        # way round, and give gradients laid out like their parameters (no copy by autograd).
+        dtype = grad_updated.dtype
+        if needs[3]:
+            grad_U = _fold(_scaled(grad_updated @ V.view(-1, k).t().to(dtype), spec.beta), one_hot)
+        if needs[4]:
+            grad_V = _scaled(_spread(U, one_hot).t().to(dtype) @ grad_updated, spec.beta).view(V.shape)
+    return _in_dtypes((grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores),
+                      x, weight, U, V, A, B, R, C, scores)
+
+
+def _in_dtypes(grads: tuple, x, weight, U, V, A, B, R, C, scores) -> tuple:
+    """Every gradient in its input's dtype (the bias has the weight's)."""
+    params = (x, weight, weight, U, V, A, B, R, C, scores)
     return tuple(g if g is None else g.to(p.dtype) for g, p in zip(grads, params))

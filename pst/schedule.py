@@ -71,7 +71,9 @@ class SparsityScheduler:
     ) -> None:
         model = unwrap(model)
         if not any(True for _ in sparse_layers(model)):
-            raise ValueError(f"this {type(model).__name__} has no sparse layer to schedule: call pst.sparsify(model, config) first")
+            raise ValueError(
+                f"this {type(model).__name__} has no sparse layer to schedule: call pst.sparsify(model, config) first"
+            )
         config = getattr(model, CONFIG_ATTRIBUTE, None)
         if config is None and final_sparsity is None:
             raise ValueError(

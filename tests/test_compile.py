@@ -93,3 +93,29 @@ def test_a_compiled_model_follows_the_schedule(tiny_model, token_batch):
         assert torch.equal(bits, layer._mask_bits)
         assert pst.sparsity_report(model)[0]["sparsity"] == pytest.approx(scheduler.get_sparsity(), abs=1e-3)
     torch.testing.assert_close(compiled(**token_batch).logits, model(**token_batch).logits)
+
+
+def test_steps_along_the_ramp_issue_the_same_ops_with_the_same_shapes(tiny_model, token_batch):
+    """What a CUDA graph captures (forward and backward) is the same at every step of the ramp;
+    only the refresh, which runs outside the step (the schedule calls it), knows the sparsity."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from op_count import OpCounter
+
+    model = pst.sparsify(tiny_model("bert"), PSTConfig(sparsity=0.9)).train()
+    optimizer = torch.optim.AdamW(pst.optimizer_parameters(model), lr=1e-2)
+    scheduler = pst.SparsityScheduler(model, total_steps=10, warmup_fraction=0.1, cooldown_fraction=0.3)
+    sequences, sparsities = [], []
+    for step in range(6):
+        with OpCounter() as counter:
+            torch.manual_seed(0)  # the same dropout draws
+            model(**token_batch, labels=torch.tensor([0, 2])).loss.backward()
+        sequences.append(counter.sequence)
+        sparsities.append(scheduler.get_sparsity())
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    assert len(set(sparsities[2:])) == 4  # inside the ramp, a new sparsity every step
+    assert all(sequence == sequences[0] for sequence in sequences[1:])

@@ -150,7 +150,8 @@ def test_a_sharded_model_is_recognised(sharded):
     assert distributed.sharding(model) == "fsdp2"
     with distributed.gathered(model) as whole:
         assert distributed.sharding(whole) is None
-        assert all(layer.weight.shape == (layer.out_features, layer.in_features) for _, layer in pst.sparse_layers(whole))
+        layers = [layer for _, layer in pst.sparse_layers(whole)]
+        assert all(layer.weight.shape == (layer.out_features, layer.in_features) for layer in layers)
     assert distributed.sharding(model) == "fsdp2"  # resharded after the block
 
 

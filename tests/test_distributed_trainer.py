@@ -44,7 +44,8 @@ def test_ddp_is_bit_identical_to_one_process_accumulating_the_same_micro_batches
 
 def test_exact_counts_at_every_step_and_in_the_report(runs):
     _, rank0, _ = runs
-    sparsities = [sparsity for _, _, sparsity in rank0["losses"]][1:] + [0.9]  # after step t: the sparsity of step t + 1's forward
+    # After step t the masks have the sparsity that step t + 1's forward (its logged loss) ran at.
+    sparsities = [sparsity for _, _, sparsity in rank0["losses"]][1:] + [0.9]
     shapes = {row["name"]: row["shape"] for row in rank0["report"]}
     for masks, sparsity in zip(rank0["masks"], sparsities):
         for name, (_, zeros) in masks.items():

@@ -41,7 +41,8 @@ class _RunConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.world_size, int) or isinstance(self.world_size, bool) or self.world_size < 1:
-            raise ValueError(f"world_size must be an int >= 1 (the number of training processes), got {self.world_size!r}")
+            raise ValueError(f"world_size must be an int >= 1 (the number of training processes), "
+                             f"got {self.world_size!r}")
 
     @property
     def global_batch_size(self) -> int:

@@ -20,5 +20,6 @@ def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 600) -
     except subprocess.TimeoutExpired as error:
         pytest.fail(f"torchrun timed out after {timeout} s: {' '.join(command)}\n{error.stderr}")
     if done.returncode != 0:
-        pytest.fail(f"torchrun exited with {done.returncode}: {' '.join(command)}\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
+        pytest.fail(f"torchrun exited with {done.returncode}: {' '.join(command)}\n"
+                    f"{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
     return done

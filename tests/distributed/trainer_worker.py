@@ -63,7 +63,8 @@ class MaskRecorder(TrainerCallback):
 
 def arguments(mode: str, out: Path) -> TrainingArguments:
     common = dict(output_dir=str(out / f"trainer-{mode}"), max_steps=STEPS, per_device_train_batch_size=PER_DEVICE,
-                  learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                  learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[],
+                  use_cpu=not torch.cuda.is_available(),
                   disable_tqdm=True, seed=0, dataloader_num_workers=0)
     if mode == "reference":
         return TrainingArguments(gradient_accumulation_steps=PROCESSES, **common)

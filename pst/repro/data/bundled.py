@@ -1,49 +1,11 @@
-"""Small real subsets shipped inside the package (``files/``), for smoke runs and tests.
-
-Only data sets whose licences permit redistribution are shipped (``files/README.md`` gives
-each one's source, size and licence); every other task stays synthetic. The files keep
-their original distribution formats, so ``source="bundled"`` is ``source="local"`` pointed
-at this folder and goes through the same parsing code as a user's own copy.
+"""The real subsets shipped inside the package (``files/``, see :mod:`pst.repro.data.shipped`),
+and the pre-training corpus the tiny stand-in models learn from them.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-FILES_DIR = Path(__file__).parent / "files"
-
-#: GLUE tasks with a shipped subset (GLUE TSV layout under ``files/glue``).
-GLUE_TASKS = ("qnli", "stsb")
-#: NLG data sets with a shipped subset (their distribution files under ``files/<name>``).
-NLG_DATASETS = ("e2e", "dart")
-#: Why a data set is not shipped, for the error a request for it gets.
-NOT_SHIPPED = {
-    "webnlg": "WebNLG 2017 is licensed CC BY-NC-SA 4.0 (non-commercial), which this Apache-2.0 package cannot carry",
-    "mnli": "MultiNLI permits redistribution, but no copy of its files small enough was available to us",
-    "sst2": "SST-2 carries no licence that permits redistribution",
-    "rte": "RTE carries no licence that permits redistribution",
-    "cola": "CoLA carries no licence that permits redistribution",
-    "mrpc": "MRPC's licence (Microsoft Research) does not permit redistribution",
-    "qqp": "QQP is subject to Quora's terms, which do not permit redistribution",
-}
-
-
-def glue_dir(task: str) -> Path:
-    """The folder ``load_glue(..., "local")`` reads for a shipped GLUE task."""
-    _check(task, GLUE_TASKS, "GLUE task")
-    return FILES_DIR / "glue"
-
-
-def nlg_dir(name: str) -> Path:
-    """The folder ``load_nlg(..., "local")`` reads for a shipped NLG data set."""
-    _check(name, NLG_DATASETS, "NLG data set")
-    return FILES_DIR / name
-
-
-def _check(name: str, shipped: tuple[str, ...], what: str) -> None:
-    if name not in shipped:
-        why = NOT_SHIPPED.get(name, "it is not one of the shipped data sets")
-        raise ValueError(f"no bundled data for {what} {name!r}: {why}; bundled: {list(shipped)}. "
-                         "Use source='synthetic', or 'local'/'hub' with your own copy")
+from .glue import get_task, load_glue
+from .nlg import load_nlg
+from .shipped import FILES_DIR, GLUE_TASKS, NLG_DATASETS, NOT_SHIPPED, glue_dir, nlg_dir  # noqa: F401 - re-exported
 
 
 def pretraining_corpus() -> list[str]:
@@ -54,9 +16,6 @@ def pretraining_corpus() -> list[str]:
     """
     global _CORPUS
     if _CORPUS is None:
-        from .glue import get_task, load_glue
-        from .nlg import load_nlg
-
         texts: dict[str, None] = {}
         for task in GLUE_TASKS:
             train = load_glue(task, "bundled", splits=("train",))["train"]

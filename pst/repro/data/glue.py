@@ -18,12 +18,14 @@ from typing import Any
 import datasets
 
 from ..glue_tasks import GLUE_TASKS, GlueTask, get_task  # noqa: F401 - the task table lives there
+from .glue_records import LABEL_COLUMN, glue_features  # noqa: F401 - the record format is part of this interface
+from .shipped import glue_dir
+from .synthetic.glue import synthetic_glue
 
 logger = logging.getLogger(__name__)
 
 HUB_DATASET = "nyu-mll/glue"
 SOURCES = ("hub", "local", "bundled", "synthetic")
-LABEL_COLUMN = "label"
 SPLIT_FILE_EXTENSIONS = ("csv", "json", "jsonl")
 
 
@@ -58,15 +60,6 @@ _TSV_LAYOUTS: dict[str, _TsvLayout] = {
 }
 
 
-def glue_features(task: str) -> datasets.Features:
-    """The features every source is cast to: string texts, ClassLabel (or float32 for STS-B)."""
-    spec = get_task(task)
-    features: dict[str, Any] = {key: datasets.Value("string") for key in spec.text_keys}
-    features[LABEL_COLUMN] = (datasets.Value("float32") if spec.is_regression
-                              else datasets.ClassLabel(names=list(spec.label_names)))
-    return datasets.Features(features)
-
-
 def load_glue(
     task: str,
     source: str = "hub",
@@ -96,15 +89,11 @@ def load_glue(
         raw = _load_hub(task, cache_dir)
     elif source in ("local", "bundled"):
         if source == "bundled":
-            from pst.repro.data.bundled import glue_dir
-
             data_dir = glue_dir(task)
         elif data_dir is None:
             raise ValueError("source='local' needs data_dir: a folder with the GLUE TSVs or <split>.csv/json files")
         raw = _load_local(task, Path(data_dir), cache_dir, splits)
     else:
-        from pst.repro.data.synthetic.glue import synthetic_glue  # late import: the generator reads this table
-
         raw = synthetic_glue(task, sizes=synthetic_sizes, seed=seed)
     return _to_record_format(task, raw, splits)
 

@@ -11,27 +11,8 @@ notebooks never branch on the dataset:
 * :func:`group_references` turns a split back into one input per entry with all its
   references, which is what the multi-reference metrics need.
 
-The linearisation follows LoRA's data preparation (microsoft/LoRA,
-``examples/NLG/src/format_converting_{e2e,dart,webnlg}.py`` and its prepared
-``data/e2e/*.txt``), which the PST recipe reuses:
-
-* E2E: ``name[Blue Spice], eatType[coffee shop]`` -> ``name : Blue Spice | Type : coffee shop``,
-  attributes kept in the order of the meaning representation (the original data
-  already uses the canonical order name, eatType, food, priceRange, customer rating,
-  area, familyFriendly, near), with ``eatType``->``Type``, ``priceRange``->``price``,
-  ``familyFriendly``->``family friendly``.
-* DART: ``subject : property : object`` joined by `` | ``, property lower-cased.
-* WebNLG: the ``modifiedtripleset`` as ``subject : property : object`` joined by
-  `` | ``, entities left exactly as in the JSON (LoRA does not replace underscores or
-  strip quotes), and only lexicalisations whose ``comment`` is ``"good"``.
-
-Known differences from LoRA's files (checked on E2E dev+test and WebNLG/DART dev):
-LoRA's E2E ``*.txt`` come pre-tokenised from upstream (``Blue Spice .``, ``is n't``,
-``£ 20 - 25``), while the hub and the original csv are not; only the three price
-values ``£20-25``, ``less than £20``, ``more than £30`` then differ in the context,
-and references keep their original spelling. For byte-identical LoRA inputs, point
-``data_dir`` at a folder with LoRA's ``train.txt``/``valid.txt``/``test.txt``.
-References are whitespace-stripped (LoRA's DART data keeps one trailing space).
+The record format and the linearisation of each dataset (after LoRA's data preparation) are
+in :mod:`pst.repro.data.nlg_records`, shared with the synthetic generator.
 
 GPT-2 training sequences also follow LoRA (``gpt2_encode.py`` and ``FT_Dataset``):
 ``context tokens + [eos] + tokens(" " + target) + [eos]``. The first eos separates
@@ -46,8 +27,7 @@ import csv
 import io
 import json
 import logging
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,11 +35,28 @@ from typing import Any
 import datasets
 import torch
 
+from .nlg_records import (  # noqa: F401 - the record format is part of this module's interface
+    DATASET_NAMES,
+    E2E_KEY_NAMES,
+    SPLITS,
+    WEBNLG_SEEN_CATEGORIES,
+    Row,
+    check_choice,
+    dart_rows,
+    e2e_lora_rows,
+    e2e_rows,
+    linearise_e2e_mr,
+    linearise_triples,
+    parse_e2e_mr,
+    rows_to_dataset,
+    webnlg_rows,
+)
+from .shipped import nlg_dir
+from .synthetic.nlg import synthetic_nlg
+
 logger = logging.getLogger(__name__)
 
-DATASET_NAMES = ("e2e", "dart", "webnlg")
 SOURCES = ("hub", "local", "bundled", "synthetic")
-SPLITS = ("train", "validation", "test")
 SUBSETS = ("all", "seen", "unseen")
 IGNORE_INDEX = -100
 
@@ -84,24 +81,6 @@ LORA_WEBNLG_URL = (
 """Where LoRA distributes the WebNLG 2017 challenge JSON; pass it as ``url`` to
 :func:`load_nlg` (``source="local"``) to read the files without a local copy."""
 
-E2E_KEY_NAMES = {"eatType": "Type", "priceRange": "price", "familyFriendly": "family friendly"}
-"""E2E attribute renames of LoRA's prepared files; other keys (name, food, customer
-rating, area, near) are written as they are."""
-
-WEBNLG_SEEN_CATEGORIES = (
-    "Airport",
-    "Astronaut",
-    "Building",
-    "City",
-    "ComicsCharacter",
-    "Food",
-    "Monument",
-    "SportsTeam",
-    "University",
-    "WrittenWork",
-)
-"""The ten WebNLG 2017 training categories; test entries of other categories are 'unseen'."""
-
 SPLIT_FILES: dict[str, dict[str, str]] = {
     "e2e": {"train": "trainset.csv", "validation": "devset.csv", "test": "testset_w_refs.csv"},
     "dart": {
@@ -117,141 +96,8 @@ E2E_LORA_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test
 """LoRA's prepared E2E files (``context||reference`` per line, references already
 tokenised); read when a folder has them instead of the original csv files."""
 
-_BASE_FEATURES = datasets.Features({"context": datasets.Value("string"), "target": datasets.Value("string")})
-_WEBNLG_FEATURES = datasets.Features(
-    {**_BASE_FEATURES, "category": datasets.Value("string"), "seen": datasets.Value("bool")}
-)
-_MR_ATTRIBUTE = re.compile(r"\s*([^\[\],][^\[\]]*?)\s*\[([^\]]*)\]\s*(?:,|$)")
-
-Row = dict[str, Any]
-
-
-# --------------------------------------------------------------------------- linearisation
-
-
-def parse_e2e_mr(mr: str) -> list[tuple[str, str]]:
-    """Split an E2E meaning representation ``key[value], ...`` into (key, value) pairs.
-
-    Values may contain commas; the brackets delimit them.
-    """
-    attributes: list[tuple[str, str]] = []
-    position = 0
-    while position < len(mr):
-        match = _MR_ATTRIBUTE.match(mr, position)
-        if match is None:
-            raise ValueError(
-                f"malformed E2E meaning representation {mr!r} at character {position}; "
-                "expected 'key[value], key[value], ...'"
-            )
-        attributes.append((match.group(1), match.group(2)))
-        position = match.end()
-    if not attributes:
-        raise ValueError(f"empty E2E meaning representation {mr!r}; expected 'key[value], ...'")
-    return attributes
-
-
-def linearise_e2e_mr(mr: str) -> str:
-    """E2E meaning representation -> LoRA's ``key : value | ...`` context, keeping the MR's order."""
-    return " | ".join(f"{E2E_KEY_NAMES.get(key, key)} : {value}" for key, value in parse_e2e_mr(mr))
-
-
-def linearise_triples(triples: Iterable[Sequence[str]], lowercase_property: bool = False) -> str:
-    """(subject, property, object) triples -> ``s : p : o | ...``.
-
-    DART lower-cases the property (LoRA's converter does); WebNLG keeps it.
-    """
-    parts = []
-    for triple in triples:
-        if len(triple) != 3:
-            raise ValueError(f"triple {list(triple)!r} has {len(triple)} items; expected subject, property, object")
-        subject, prop, obj = triple
-        parts.append(f"{subject} : {prop.lower() if lowercase_property else prop} : {obj}")
-    if not parts:
-        raise ValueError("empty triple set; expected at least one (subject, property, object) triple")
-    return " | ".join(parts)
-
-
-# --------------------------------------------------------------------------- raw entries -> rows
-
-
-def e2e_rows(mrs: Iterable[str], references: Iterable[str]) -> list[Row]:
-    """One row per (meaning representation, reference) line of the original E2E csv."""
-    return [{"context": linearise_e2e_mr(mr), "target": ref.strip()} for mr, ref in zip(mrs, references, strict=True)]
-
-
-def _annotation_texts(annotations: Any) -> list[str]:
-    """DART annotations as texts: JSON gives a list of dicts, the hub a dict of lists."""
-    if isinstance(annotations, Mapping):
-        return list(annotations["text"])
-    return [annotation["text"] for annotation in annotations]
-
-
-def dart_rows(entries: Iterable[Mapping[str, Any]]) -> list[Row]:
-    """One row per annotation of each DART entry (``tripleset``, ``annotations``)."""
-    rows = []
-    for entry in entries:
-        context = linearise_triples(entry["tripleset"], lowercase_property=True)
-        rows.extend({"context": context, "target": text.strip()} for text in _annotation_texts(entry["annotations"]))
-    return rows
-
-
-def _webnlg_entry_body(entry: Mapping[str, Any], index: int) -> Mapping[str, Any]:
-    """LoRA's JSON wraps each entry as ``{"<1-based index>": {...}}``; unwrap it."""
-    if "modifiedtripleset" in entry:
-        return entry
-    if len(entry) != 1:
-        raise ValueError(
-            f"WebNLG entry {index} has keys {sorted(entry)!r}; expected one key wrapping the entry "
-            "(LoRA's challenge-2017 JSON format) or an entry with 'modifiedtripleset'"
-        )
-    return next(iter(entry.values()))
-
-
-def webnlg_rows(document: Mapping[str, Any]) -> list[Row]:
-    """One row per good lexicalisation of each WebNLG entry (LoRA's challenge-2017 JSON)."""
-    if "entries" not in document:
-        raise ValueError(f"WebNLG JSON has keys {sorted(document)!r}; expected a top-level 'entries' list")
-    rows = []
-    for index, wrapped in enumerate(document["entries"]):
-        entry = _webnlg_entry_body(wrapped, index)
-        triples = [(t["subject"], t["property"], t["object"]) for t in entry["modifiedtripleset"]]
-        context = linearise_triples(triples)
-        category = entry["category"]
-        seen = category in WEBNLG_SEEN_CATEGORIES
-        for lex in entry["lexicalisations"]:
-            if lex.get("comment") == "good":
-                rows.append({"context": context, "target": lex["lex"].strip(), "category": category, "seen": seen})
-    return rows
-
-
-def e2e_lora_rows(lines: Iterable[str]) -> list[Row]:
-    """Rows from LoRA's prepared E2E text (``context||reference`` per line)."""
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if not line:
-            continue
-        if "||" not in line:
-            raise ValueError(f"line {number} of a LoRA E2E file has no '||' separator: {line[:80]!r}")
-        context, target = line.split("||", 1)
-        rows.append({"context": context.strip(), "target": target.strip()})
-    return rows
-
-
-def rows_to_dataset(name: str, rows: list[Row]) -> datasets.Dataset:
-    """Rows -> Dataset with the fixed record schema of ``name``."""
-    features = _WEBNLG_FEATURES if name == "webnlg" else _BASE_FEATURES
-    if not rows:
-        return datasets.Dataset.from_dict({column: [] for column in features}, features=features)
-    return datasets.Dataset.from_list(rows, features=features)
-
 
 # --------------------------------------------------------------------------- loading
-
-
-def _check_choice(value: str, accepted: Sequence[str], what: str) -> None:
-    if value not in accepted:
-        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
 
 
 def load_nlg(
@@ -278,19 +124,15 @@ def load_nlg(
     ``splits`` narrows what is loaded, e.g. ``("test",)`` to evaluate from a folder without
     a training file.
     """
-    _check_choice(name, DATASET_NAMES, "NLG dataset")
-    _check_choice(source, SOURCES, "NLG data source")
+    check_choice(name, DATASET_NAMES, "NLG dataset")
+    check_choice(source, SOURCES, "NLG data source")
     splits = _check_splits(splits)
     if source == "synthetic":
-        from pst.repro.data.synthetic.nlg import synthetic_nlg
-
         dataset = synthetic_nlg(name, synthetic_sizes, seed=seed)
     elif source == "hub":
         dataset = _load_from_hub(name, revision)
     else:
         if source == "bundled":
-            from pst.repro.data.bundled import nlg_dir
-
             data_dir, url = nlg_dir(name), None
         dataset = _load_from_files(name, _split_locations(name, data_dir, url, splits))
     dataset = datasets.DatasetDict({split: dataset[split] for split in splits})
@@ -434,7 +276,7 @@ def group_references(split: datasets.Dataset, subset: str = "all") -> tuple[list
     Grouping by the context string is what LoRA's ``gpt2_decode.py`` does.
     ``subset`` ("all", "seen", "unseen") filters WebNLG by the ``seen`` column.
     """
-    _check_choice(subset, SUBSETS, "subset")
+    check_choice(subset, SUBSETS, "subset")
     if subset != "all" and "seen" not in split.column_names:
         raise ValueError(f"subset={subset!r} needs a 'seen' column (WebNLG); this split has {split.column_names!r}")
     keep_seen = {"all": None, "seen": True, "unseen": False}[subset]
@@ -554,7 +396,7 @@ class LMDataCollator:
     pad_to_multiple_of: int | None = None
 
     def __post_init__(self) -> None:
-        _check_choice(self.padding_side, ("right", "left"), "padding_side")
+        check_choice(self.padding_side, ("right", "left"), "padding_side")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of={self.pad_to_multiple_of}; expected a positive int or None")
 

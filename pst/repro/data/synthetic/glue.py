@@ -34,7 +34,8 @@ from dataclasses import dataclass, replace
 
 import datasets
 
-from pst.repro.data.glue import LABEL_COLUMN, get_task, glue_features
+from ...glue_tasks import get_task
+from ..glue_records import LABEL_COLUMN, glue_features
 
 DEFAULT_TRAIN_SIZE = 512
 DEFAULT_EVAL_SIZE = 128

@@ -24,11 +24,11 @@ from typing import Any
 
 import datasets
 
-from pst.repro.data.nlg import (
+from ..nlg_records import (
     DATASET_NAMES,
     SPLITS,
     WEBNLG_SEEN_CATEGORIES,
-    _check_choice,
+    check_choice,
     dart_rows,
     e2e_rows,
     rows_to_dataset,
@@ -253,7 +253,7 @@ def synthetic_nlg(name: str, sizes: Mapping[str, int] | None = None, seed: int =
     ``sizes`` maps split -> number of distinct inputs (missing splits use
     :data:`DEFAULT_SIZES`). The same (name, sizes, seed) always gives the same data.
     """
-    _check_choice(name, DATASET_NAMES, "NLG dataset")
+    check_choice(name, DATASET_NAMES, "NLG dataset")
     sizes = _check_sizes(sizes or {})
     rng = random.Random(f"pst-synthetic-nlg:{name}:{seed}")
     used: set[str] = set()
