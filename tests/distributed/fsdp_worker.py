@@ -1,6 +1,6 @@
 """One sharded PST training, run by ``tests/test_distributed_fsdp.py`` under torchrun (gloo, CPU):
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/fsdp_worker.py {fsdp2,fsdp1} OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/fsdp_worker.py {fsdp2,fsdp2-prefetch,fsdp1} OUT
 
 A tiny fp64 LLaMA, PST at 90% reached at step 5 of 6, sharded as users shard a decoder (one
 unit per decoder layer and the root), two micro-batches per rank and step. Each rank writes
@@ -73,12 +73,19 @@ def train(model, micro_batches, scheduler, optimizer, after_step) -> list[dict]:
 def shard(model, kind: str):
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    if kind == "fsdp2":
+    if kind.startswith("fsdp2"):
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.model.layers:
-            fully_shard(layer)
-        return fully_shard(model)
+        # fsdp2-prefetch: units stay gathered between forward and backward and the next block is
+        # all-gathered while this one computes, so a peer's weights can be whole before its unit runs.
+        keep = kind == "fsdp2-prefetch"
+        blocks = [fully_shard(layer, reshard_after_forward=not keep) for layer in model.model.layers]
+        if keep:
+            for block, following in zip(blocks, blocks[1:]):
+                block.set_modules_to_forward_prefetch([following])
+            for block, preceding in zip(blocks[1:], blocks):
+                block.set_modules_to_backward_prefetch([preceding])
+        return fully_shard(model, reshard_after_forward=not keep)
     from functools import partial
 
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -130,7 +137,7 @@ def main(kind: str, out: Path) -> None:
     with torch.no_grad():
         sharded_logits = wrapped(**probe).logits
     pst.save_adapter(wrapped, out / "adapter")
-    full_state = full_state_dict(wrapped) if kind == "fsdp2" else None
+    full_state = full_state_dict(wrapped) if kind.startswith("fsdp2") else None
     result = {"rank": rank, "world": world, "masks": history, "rebuilds": per_step_rebuilds, "report": report,
               "shapes": {distributed.clean_name(name): [layer.out_features, layer.in_features]
                          for name, layer in pst.sparse_layers(model)},
