@@ -1,4 +1,4 @@
-"""PST through the Trainer under DDP (torchrun, 2 gloo processes on CPU): the same masks on both ranks
+"""PST through the Trainer under DDP (torchrun and accelerate launch, 2 gloo processes on CPU): the same masks on both ranks
 at every step, bit-identical to one process accumulating the same two micro-batches, exact counts,
 and an adapter saved on rank 0 that reloads with the trained model's logits."""
 import json
@@ -10,19 +10,26 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "distributed"))
-from launcher import HERE, torchrun  # noqa: E402
+from launcher import HERE, accelerate_launch, torchrun  # noqa: E402
 
 pytestmark = pytest.mark.slow
 WORKER = str(HERE / "trainer_worker.py")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trainer")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
     subprocess.run([sys.executable, WORKER, "reference", str(out)], check=True, capture_output=True, cwd=out)
-    torchrun([WORKER, "ddp", str(out)], cwd=out)
+    return json.loads((out / "reference-rank0.json").read_text())
+
+
+@pytest.fixture(scope="module", params=["torchrun", "accelerate"])
+def runs(request, reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    launch = torchrun if request.param == "torchrun" else accelerate_launch
+    launch([WORKER, "ddp", str(out)], cwd=out)
     read = lambda name: json.loads((out / f"{name}.json").read_text())  # noqa: E731
-    return read("reference-rank0"), read("ddp-rank0"), read("ddp-rank1")
+    return reference, read("ddp-rank0"), read("ddp-rank1")
 
 
 def test_ddp_ran_on_two_processes(runs):
