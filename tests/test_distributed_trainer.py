@@ -1,5 +1,5 @@
-"""PST through the Trainer under DDP (torchrun and accelerate launch, 2 gloo processes on CPU): the same masks on both ranks
-at every step, bit-identical to one process accumulating the same two micro-batches, exact counts,
+"""PST through the Trainer under DDP (torchrun and accelerate launch, 2 gloo processes on CPU): the same
+masks on both ranks at every step, bit-identical to one process accumulating the same two micro-batches, exact counts,
 and an adapter saved on rank 0 that reloads with the trained model's logits."""
 import json
 import math
