@@ -71,3 +71,11 @@ def test_full_state_dict_reloads_without_the_schedule_and_keeps_the_sparsity(sha
         pytest.skip("FSDP1's full state dict segfaults on CPU in torch 2.13 (also without PST)")
     assert rank0["state_dict_sparsities"] == [0.9]
     assert rank0["state_dict_logits_equal"]
+
+
+def test_fsdp1_inner_module_is_refused_with_the_fix(sharded_run):
+    kind, (rank0, rank1) = sharded_run
+    if kind != "fsdp1":
+        pytest.skip("FSDP1 only: its root unit holds parameters the inner module cannot gather")
+    for rank in (rank0, rank1):
+        assert "pass the object FSDP(...) returned" in rank["inner_refusal"]

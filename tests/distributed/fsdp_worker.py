@@ -131,6 +131,12 @@ def main(kind: str, out: Path) -> None:
         return hashes
 
     history = train(wrapped, micro, scheduler, optimizer, after_step)
+    refusal = None
+    if kind == "fsdp1":  # the module inside the root: the root's own parameters would stay sharded
+        try:
+            pst.sparsity_report(model)
+        except ValueError as error:
+            refusal = str(error)
     report = pst.sparsity_report(wrapped)
     wrapped.eval()
     probe = token_batch(batch=2, length=10, seed=9)
@@ -138,7 +144,7 @@ def main(kind: str, out: Path) -> None:
         sharded_logits = wrapped(**probe).logits
     pst.save_adapter(wrapped, out / "adapter")
     full_state = full_state_dict(wrapped) if kind.startswith("fsdp2") else None
-    result = {"rank": rank, "world": world, "masks": history, "rebuilds": per_step_rebuilds, "report": report,
+    result = {"rank": rank, "world": world, "masks": history, "inner_refusal": refusal, "rebuilds": per_step_rebuilds, "report": report,
               "shapes": {distributed.clean_name(name): [layer.out_features, layer.in_features]
                          for name, layer in pst.sparse_layers(model)},
               "sparsities": [scheduler.get_sparsity(step) for step in range(1, STEPS + 1)]}
