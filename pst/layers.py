@@ -10,23 +10,25 @@ For a weight W (n outputs x k inputs) at sparsity p (docs/method.md):
 with the straight-through estimator dL/dS = dL/d(M * W') * W'. The same layer also runs the
 baselines (magnitude, movement, LoRA) by switching terms on and off (see ``pst.methods``).
 
-Once per optimizer step, not once per call: the mask and the small factors derived from
-the parameters (a layer's "step state") are kept and rebuilt only when the sparsity or a
-parameter entering the score has changed (an optimizer step, ``load_state_dict``, any
-in-place edit), so gradient-accumulation micro-batches, gradient-checkpointing
-recomputation and evaluation reuse them. The first layer needing a new state rebuilds those
-of all stale layers sparsified with it, with one selection per group of same-shaped
-matrices (``pst.masking``): on a GPU a step is bound by launches and host round trips, not
-by arithmetic.
+Once per optimizer step, not once per call: the mask, one bit per weight in a buffer each
+layer allocates once and rewrites in place, is rebuilt only when the sparsity or a parameter
+entering the score has changed (an optimizer step, ``load_state_dict``, any in-place edit),
+so gradient-accumulation micro-batches, gradient-checkpointing recomputation and evaluation
+reuse it. The schedule rebuilds all masks after each of its steps (``pst.refresh_masks``); in
+an eager forward, the first layer finding its mask stale rebuilds those of all stale layers
+sparsified with it whose weights are present (under FSDP, its sharding unit's), with one
+selection per group of same-shaped matrices (``pst.masking``): on a GPU a step is bound by
+launches and host round trips, not by arithmetic. The forward and backward themselves read
+only tensors and constants, so ``torch.compile`` traces a layer whole.
 
 Mixed precision: under ``torch.autocast`` the three matrix products run in the autocast
 dtype while W', the score and the mask stay in the parameters' precision, and every
 gradient comes back in its parameter's dtype; a model held wholly in bf16 computes
 everything in bf16. The zero count is exact either way.
 
-Memory: the autograd function saves only the input, the parameters (no copies), the
-boolean mask and the small factors; W' and M * W' are recomputed in the backward pass, so
-no n x k float tensor outlives the layer's forward.
+Memory: the autograd function saves only the input, the parameters (no copies) and the mask
+bits; W' and M * W' are recomputed in the backward pass, so no n x k float tensor outlives
+the layer's forward, and at most two live at once inside it (besides the unpacked mask).
 """
 from __future__ import annotations
 
