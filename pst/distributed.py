@@ -4,7 +4,7 @@ Two things hide a sparsified model from the functions that read it:
 
 - wrappers (``DistributedDataParallel``, ``DataParallel``, FSDP1's ``FullyShardedDataParallel``,
   DeepSpeed, ``torch.compile``) hold it in ``.module`` and hide its attributes, the ``PSTConfig``
-  among them: :func:`unwrap` finds it (accelerate's ``extract_model_from_parallel``);
+  among them: :func:`unwrap` finds it;
 - sharding (FSDP2's ``fully_shard`` turns parameters into ``DTensor`` shards in place; FSDP1
   keeps each rank's slice of a flat parameter) leaves no rank with whole weights outside the
   forward pass: :func:`gathered` all-gathers them for the time of a ``with`` block. It is a
@@ -30,6 +30,8 @@ try:
 except ImportError:  # a torch build without distributed support: nothing can be sharded
     dist = FSDPModule = FSDP1 = DTensor = None
 
+#: Wrappers that hold the model in ``.module``.
+_WRAPPERS = (nn.parallel.DistributedDataParallel, nn.DataParallel) + ((FSDP1,) if FSDP1 is not None else ())
 #: Name parts that wrappers insert between a model's own module names.
 _WRAPPER_PARTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
 
@@ -39,10 +41,18 @@ _gathered: set[int] = set()
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside DDP / DataParallel / FSDP1 / DeepSpeed / ``torch.compile`` wrappers
-    (the model itself when unwrapped). FSDP2 wraps nothing: its model is returned as is."""
-    from accelerate.utils import extract_model_from_parallel
+    (the model itself when unwrapped). FSDP2 wraps nothing: its model is returned as is.
 
-    return extract_model_from_parallel(model, keep_torch_compile=False)
+    What accelerate's ``extract_model_from_parallel`` does, written out because accelerate is
+    not a dependency of the library (``pip install pst``).
+    """
+    while True:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, _WRAPPERS) or type(model).__name__ == "DeepSpeedEngine":
+            model = model.module
+        else:
+            return model
 
 
 def clean_name(name: str) -> str:

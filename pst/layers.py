@@ -217,6 +217,7 @@ class SparseLayer(nn.Module):
     def refresh_mask(self) -> None:
         """Rebuild this step's mask (and those of stale peers) if a parameter or the sparsity changed."""
         if self._mask_key is None or self._mask_key != self._state_key():
+            self._require_whole_weights()
             # A copy made by nn.DataParallel shares its original's peers without being one of them.
             peers = self._peers if self._peers and self in self._peers else [self]
             # Under FSDP only this sharding unit's weights are gathered: peers in other units
@@ -240,6 +241,14 @@ class SparseLayer(nn.Module):
         return tuple(self.weight.shape) == expected and not any(
             _is_shard(t) or t.device != self.weight.device for t in tensors
         )
+
+    def _require_whole_weights(self) -> None:
+        if not self._weights_present():
+            raise ValueError(
+                "this layer's weights are sharded (FSDP): its mask, score and effective weight need them "
+                "whole; read them inside `with pst.distributed.gathered(model):` on every rank, or use "
+                "pst.sparsity_report(model)"
+            )
 
     def _replicate_for_data_parallel(self):
         replica = super()._replicate_for_data_parallel()
@@ -312,6 +321,7 @@ class SparseLayer(nn.Module):
     @torch.no_grad()
     def score(self) -> torch.Tensor:
         """S, the importance score the mask is selected from, in output x input orientation."""
+        self._require_whole_weights()
         score = torch.empty(self.out_features, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):

@@ -98,8 +98,6 @@ def test_merge_of_a_wrapper_returns_the_merged_bare_model(wrapped, token_batch_l
         assert torch.allclose(merged(**token_batch_llama).logits, expected, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="pst/surgery.py (the lead's) reads model.pst_config without unwrapping: "
-                                       "trainable_parameters needs `model = pst.distributed.unwrap(model)` first")
 def test_trainable_parameters_of_a_wrapper_count_the_head(process_group):
     from tiny_decoders import sequence_classifier
 
@@ -191,10 +189,6 @@ def test_logged_loss_carries_the_sparsity_its_forward_ran_at(tiny_model, token_d
         assert entry["sparsity"] == pst.cubic_sparsity(entry["step"], 8, final_sparsity=0.6), entry
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="pst/layers.py (the lead's): on a sharded layer effective_weight/mask/score fail inside "
-                          "torch with 'got mixed torch.Tensor and DTensor'; refresh_mask should raise a ValueError "
-                          "naming pst.distributed.gathered when not self._weights_present()")
 @pytest.mark.parametrize("method", ["effective_weight", "mask", "score"])
 def test_inspecting_a_sharded_layer_refuses_and_names_the_fix(sharded, method):
     model, _, _ = sharded
