@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from . import distributed
 from ._version import __version__
 from .adapter_format import (
     ADAPTER_CONFIG,
@@ -64,7 +65,14 @@ def _oriented_shape(module: nn.Module) -> list[int]:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor the method trains, by its name in the wrapped model: the layers' added
-    parameters (U, V, A, B, R, C) and the task head's when ``train_head``."""
+    parameters (U, V, A, B, R, C) and the task head's when ``train_head``.
+
+    Found inside DDP/FSDP wrappers, named as in the bare model; a sharded (FSDP) model's
+    tensors are gathered whole (every rank must call it)."""
+    if distributed.is_sharded(model):  # copies: the gathered tensors are freed when the block ends
+        with distributed.gathered(model) as whole:
+            return {name: tensor.clone() for name, tensor in adapter_state_dict(whole).items()}
+    model = distributed.unwrap(model)
     config = getattr(model, CONFIG_ATTRIBUTE, None)
     if config is None:
         raise ValueError("this model is not sparsified: call pst.sparsify(model, config) before saving an adapter")
@@ -74,14 +82,17 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for name, module in model.named_modules():
             if name and matches_target(name, config.head_modules or []):
                 wanted |= {id(p) for p in module.parameters()}
-    return {name: p.detach() for name, p in model.named_parameters() if id(p) in wanted}
+    return {distributed.clean_name(name): p.detach() for name, p in model.named_parameters() if id(p) in wanted}
 
 
 def adapter_description(model: nn.Module) -> dict:
     """The content of ``pst_adapter_config.json`` for a sparsified model."""
+    model = distributed.unwrap(model)
     config: PSTConfig = getattr(model, CONFIG_ATTRIBUTE)
     layers = {
-        name: {"shape": _oriented_shape(layer), "blocks": layer.blocks, "sparsity": layer.sparsity}
+        distributed.clean_name(name): {
+            "shape": _oriented_shape(layer), "blocks": layer.blocks, "sparsity": layer.sparsity,
+        }
         for name, layer in sparse_layers(model)
     }
     sparsities = {entry["sparsity"] for entry in layers.values()}
@@ -95,7 +106,9 @@ def adapter_description(model: nn.Module) -> dict:
         "pst_config": config.to_dict(),
         "sparsity": sparsities.pop() if len(sparsities) == 1 else None,
         "layers": layers,
-        "base_fingerprint": fingerprint({name: layer.weight for name, layer in sparse_layers(model)}),
+        "base_fingerprint": fingerprint(
+            {distributed.clean_name(name): layer.weight for name, layer in sparse_layers(model)}
+        ),
     }
 
 
@@ -103,9 +116,17 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """Write only what PST trained (and what it takes to restore it) into ``directory``.
 
     Returns the folder. For BERT-base that is 2.8 M parameters (11 MB in fp32) instead of 110 M.
+    Wrapped models (DDP, FSDP) are saved as the bare model would be, by rank 0 only; a sharded
+    (FSDP) model is gathered first, so every rank must call it.
     """
+    if distributed.is_sharded(model):
+        with distributed.gathered(model) as whole:
+            return save_adapter(whole, directory)
+    model = distributed.unwrap(model)
     tensors = adapter_state_dict(model)
     description = adapter_description(model)
+    if not distributed.is_main_process():
+        return Path(directory)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Detached CPU copies: safetensors refuses tensors that share storage (e.g. a tied head).
@@ -220,7 +241,10 @@ def load_adapter(
     (``checkpoint-N``); one without a pst adapter needs the training ``config=``, and takes the
     sparsity from ``sparsity=`` or else from the schedule position in ``trainer_state.json``.
     Tensors are copied into the base model's dtype and device. Returns ``model`` (changed in place).
+    Load before wrapping or sharding: a wrapper built before would not see the new parameters.
     """
+    distributed.refuse_wrapped(model, "load_adapter", "load the adapter into the bare base model first, then wrap "
+                               "or shard it (DDP(model), fully_shard(...), Trainer)")
     stored = _stored(Path(directory), config, sparsity)
     _check_fits(model, stored)
     warn_if_other_base(model, stored.base_fingerprint, stored.source)

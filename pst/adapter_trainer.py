@@ -13,13 +13,15 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .adapter import save_adapter
+from .distributed import is_sharded
 
 
 class AdapterCheckpointCallback(TrainerCallback):
     """Writes ``pst.save_adapter(model, checkpoint-N)`` into every checkpoint the Trainer saves."""
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if model is None or not state.is_world_process_zero:
+        # A sharded model is gathered by every rank together (save_adapter writes on rank 0 only).
+        if model is None or not (state.is_world_process_zero or is_sharded(model)):
             return
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():  # absent under hyper-parameter search, whose runs have their own folders

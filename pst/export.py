@@ -11,6 +11,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import distributed
 from .base_weights import float_dtype, is_quantized
 from .config import PSTConfig
 from .fused import BlockLayout
@@ -30,9 +31,21 @@ def merge(model: nn.Module) -> nn.Module:
     The result is a plain transformers model: ``save_pretrained`` writes a checkpoint that
     ``AutoModel*.from_pretrained`` loads with no ``pst`` installed. Every parameter gets back
     the ``requires_grad`` flag it had before ``sparsify`` froze the pre-trained weights.
+    A DDP/DataParallel-wrapped model is merged inside its wrapper and returned unwrapped; a
+    sharded (FSDP) model is refused: merging needs whole weights on one process.
     A layer over a quantized base (``pst.base_weights``) becomes a dense ``nn.Linear`` in the
     dtype it dequantizes to (bf16 for a bf16 model), and a warning says so.
     """
+    if distributed.is_sharded(model):
+        raise ValueError(
+            "pst.merge needs whole weights, and this model is sharded (FSDP). Gather a full state dict on every "
+            "rank: state = torch.distributed.checkpoint.state_dict.get_model_state_dict(model, "
+            "options=StateDictOptions(full_state_dict=True, cpu_offload=True)); then on rank 0 build the model "
+            "again unsharded, pst.sparsify it with the same config, load_state_dict(state) (the sparsity travels "
+            "in the state dict) and pst.merge that copy. For the small adapter alone, call pst.save_adapter(model, "
+            "folder) on every rank"
+        )
+    model = distributed.unwrap(model)
     layers = list(sparse_layers(model))
     quantized = [(name, layer.weight) for name, layer in layers if is_quantized(layer.weight)]
     if quantized:
@@ -70,8 +83,16 @@ def sparsity_report(
     ``qkv_proj`` or GPT-NeoX's per-head interleaved ``query_key_value``). Each row has
     ``zeros``/``numel``/``sparsity`` of the whole matrix and ``block_zeros``/``block_numel``/
     ``block_sparsity`` per block (one block for an unfused matrix).
+
+    Wrapped (DDP, FSDP) models are measured inside their wrappers, under their own names. A
+    sharded (FSDP) model's weights are gathered first: every rank must call this, and every
+    rank gets the report.
     """
-    layers = list(sparse_layers(model))
+    if distributed.is_sharded(model):
+        with distributed.gathered(model) as whole:
+            return sparsity_report(whole, target_modules, fused_modules)
+    model = distributed.unwrap(model)
+    layers = [(distributed.clean_name(name), layer) for name, layer in sparse_layers(model)]
     if layers:
         matrices = [(name, layer.effective_weight(), layer.layout) for name, layer in layers]
     else:
@@ -79,6 +100,7 @@ def sparsity_report(
         resolved = PSTConfig(target_modules=target_modules, fused_modules=fused_modules).resolved_for(model_type)
         matrices = []
         for name, module in model.named_modules():
+            name = distributed.clean_name(name)
             if name and isinstance(module, SUPPORTED_MODULES) and matches_target(name, resolved.target_modules):
                 weight = _weight_oriented(module)
                 try:
@@ -118,6 +140,7 @@ def save_compressed(model: nn.Module, folder: str | Path, min_sparsity: float = 
     """
     if any(True for _ in sparse_layers(model)):
         raise ValueError("save_compressed expects a plain model: call pst.merge(model) first")
+    distributed.refuse_wrapped(model, "save_compressed", "pass model.module (DDP), or merge a gathered copy (FSDP)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}

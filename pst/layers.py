@@ -10,23 +10,25 @@ For a weight W (n outputs x k inputs) at sparsity p (docs/method.md):
 with the straight-through estimator dL/dS = dL/d(M * W') * W'. The same layer also runs the
 baselines (magnitude, movement, LoRA) by switching terms on and off (see ``pst.methods``).
 
-Once per optimizer step, not once per call: the mask and the small factors derived from
-the parameters (a layer's "step state") are kept and rebuilt only when the sparsity or a
-parameter entering the score has changed (an optimizer step, ``load_state_dict``, any
-in-place edit), so gradient-accumulation micro-batches, gradient-checkpointing
-recomputation and evaluation reuse them. The first layer needing a new state rebuilds those
-of all stale layers sparsified with it, with one selection per group of same-shaped
-matrices (``pst.masking``): on a GPU a step is bound by launches and host round trips, not
-by arithmetic.
+Once per optimizer step, not once per call: the mask, one bit per weight in a buffer each
+layer allocates once and rewrites in place, is rebuilt only when the sparsity or a parameter
+entering the score has changed (an optimizer step, ``load_state_dict``, any in-place edit),
+so gradient-accumulation micro-batches, gradient-checkpointing recomputation and evaluation
+reuse it. The schedule rebuilds all masks after each of its steps (``pst.refresh_masks``); in
+an eager forward, the first layer finding its mask stale rebuilds those of all stale layers
+sparsified with it whose weights are present (under FSDP, its sharding unit's), with one
+selection per group of same-shaped matrices (``pst.masking``): on a GPU a step is bound by
+launches and host round trips, not by arithmetic. The forward and backward themselves read
+only tensors and constants, so ``torch.compile`` traces a layer whole.
 
 Mixed precision: under ``torch.autocast`` the three matrix products run in the autocast
 dtype while W', the score and the mask stay in the parameters' precision, and every
 gradient comes back in its parameter's dtype; a model held wholly in bf16 computes
 everything in bf16. The zero count is exact either way.
 
-Memory: the autograd function saves only the input, the parameters (no copies), the
-boolean mask and the small factors; W' and M * W' are recomputed in the backward pass, so
-no n x k float tensor outlives the layer's forward.
+Memory: the autograd function saves only the input, the parameters (no copies) and the mask
+bits; W' and M * W' are recomputed in the backward pass, so no n x k float tensor outlives
+the layer's forward, and at most two live at once inside it (besides the unpacked mask).
 """
 from __future__ import annotations
 
@@ -223,6 +225,7 @@ class SparseLayer(nn.Module):
     def refresh_mask(self) -> None:
         """Rebuild this step's mask (and those of stale peers) if a parameter or the sparsity changed."""
         if self._mask_key is None or self._mask_key != self._state_key():
+            self._require_whole_weights()
             # A copy made by nn.DataParallel shares its original's peers without being one of them.
             peers = self._peers if self._peers and self in self._peers else [self]
             # Under FSDP only this sharding unit's weights are gathered: peers in other units
@@ -246,6 +249,14 @@ class SparseLayer(nn.Module):
         return tuple(base_weights.dense_shape(self.weight)) == expected and not any(
             _is_shard(t) or t.device != self.weight.device for t in tensors
         )
+
+    def _require_whole_weights(self) -> None:
+        if not self._weights_present():
+            raise ValueError(
+                "this layer's weights are sharded (FSDP): its mask, score and effective weight need them "
+                "whole; read them inside `with pst.distributed.gathered(model):` on every rank, or use "
+                "pst.sparsity_report(model)"
+            )
 
     def _replicate_for_data_parallel(self):
         replica = super()._replicate_for_data_parallel()
@@ -319,6 +330,7 @@ class SparseLayer(nn.Module):
     @torch.no_grad()
     def score(self) -> torch.Tensor:
         """S, the importance score the mask is selected from, in output x input orientation."""
+        self._require_whole_weights()
         score = torch.empty(self.out_features, self.in_features, dtype=self.dtype, device=self.weight.device)
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):

@@ -6,7 +6,8 @@ import logging
 from torch import nn
 from transformers import TrainerCallback
 
-from .surgery import CONFIG_ATTRIBUTE, refresh_masks, set_sparsity
+from .distributed import unwrap
+from .surgery import CONFIG_ATTRIBUTE, refresh_masks, set_sparsity, sparse_layers
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class SparsityScheduler:
     schedule ramps the same way to at most 1 - N/M: each layer prunes exactly floor(p n k)
     of its N:M candidates at every step (``PSTConfig.pattern``). A new sparsity reaches the
     masks at the next forward pass.
+
+    The schedule comes from the model's ``PSTConfig`` (``pst.sparsify`` keeps it), found inside
+    DDP/FSDP wrappers; an argument given here overrides it. A model without one (a bare
+    ``SparseLayer``) must be given ``final_sparsity``: a silent default of 0.9 would hide a
+    config that was lost.
     """
 
     def __init__(
@@ -63,7 +69,17 @@ class SparsityScheduler:
         final_sparsity: float | None = None,
         last_step: int = 0,
     ) -> None:
+        model = unwrap(model)
+        if not any(True for _ in sparse_layers(model)):
+            raise ValueError(
+                f"this {type(model).__name__} has no sparse layer to schedule: call pst.sparsify(model, config) first"
+            )
         config = getattr(model, CONFIG_ATTRIBUTE, None)
+        if config is None and final_sparsity is None:
+            raise ValueError(
+                f"this {type(model).__name__} carries no PSTConfig (pst.sparsify keeps it as model.pst_config), "
+                "so the target is unknown: pass final_sparsity= (and the warm-up fractions if not the defaults)"
+            )
 
         def pick(value, field, default):
             return value if value is not None else getattr(config, field, default)
@@ -115,13 +131,19 @@ class SparsityCallback(TrainerCallback):
 
     The total comes from the Trainer (``state.max_steps``) at the start of training, and the
     position from ``state.global_step``, so a run resumed from a checkpoint continues the
-    schedule where it stopped.
+    schedule where it stopped. Works the same under DDP and FSDP (each rank moves its own layers
+    to the same sparsity).
+
+    Logs carry ``sparsity``: a training loss is paired with the sparsity its step's forward
+    passes ran at (the schedule moves at the end of the step, before the Trainer logs), any
+    other entry (evaluations) with the sparsity the model has when it is logged.
     """
 
     def __init__(self, model: nn.Module | None = None, **schedule_overrides) -> None:
         self.model = model
         self.schedule_overrides = schedule_overrides
         self.scheduler: SparsityScheduler | None = None
+        self._step_sparsity: float | None = None  # what this step's forward passes ran at
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         target = self.model if self.model is not None else model
@@ -130,14 +152,20 @@ class SparsityCallback(TrainerCallback):
         self.scheduler = SparsityScheduler(target, state.max_steps, last_step=state.global_step, **self.schedule_overrides)
         logger.info("sparsity schedule over %d steps, starting at step %d", state.max_steps, state.global_step)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.scheduler is not None:
+            self._step_sparsity = self.scheduler.get_sparsity()
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.scheduler is not None:
             self.scheduler.set_step(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.scheduler is not None and logs is not None:
-            # The Trainer appends a copy of `logs` to the history before calling back; both
-            # should carry the sparsity, so loss curves can be read against it later.
-            logs["sparsity"] = self.scheduler.get_sparsity()
-            if state.log_history and state.log_history[-1].get("step") == state.global_step:
-                state.log_history[-1]["sparsity"] = logs["sparsity"]
+        if self.scheduler is None or logs is None:
+            return
+        training_loss = "loss" in logs and self._step_sparsity is not None
+        logs["sparsity"] = self._step_sparsity if training_loss else self.scheduler.get_sparsity()
+        # The Trainer appends a copy of `logs` to the history before calling back; both
+        # should carry the sparsity, so loss curves can be read against it later.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1]["sparsity"] = logs["sparsity"]

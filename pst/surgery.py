@@ -189,7 +189,17 @@ class TrainableParameters:
 
 
 def trainable_parameters(model: nn.Module) -> TrainableParameters:
-    """Count trainable, total, added and head parameters (shared tensors counted once)."""
+    """Count trainable, total, added and head parameters (shared tensors counted once).
+
+    A DDP / DataParallel / compiled wrapper is looked through; FSDP1 would count shards, so it
+    is refused (count on the model before wrapping it).
+    """
+    from .distributed import sharding, unwrap
+
+    if sharding(model) == "fsdp1":
+        raise ValueError("trainable_parameters counts an FSDP1 model's shards, not its parameters: "
+                         "call it on the model before FullyShardedDataParallel wraps it")
+    model = unwrap(model)
     unique = {id(p): p for p in model.parameters()}
     added = {id(p) for _, layer in sparse_layers(model) for p in layer.method_parameters()}
     config = getattr(model, CONFIG_ATTRIBUTE, None)

@@ -208,3 +208,16 @@ def test_the_sparsity_travels_in_the_state_dict(tiny_model):
     assert all(layer.sparsity == 0.7 for _, layer in pst.sparse_layers(fresh))
     expected = masks(trained)
     assert all(torch.equal(mask, expected[name]) for name, mask in masks(fresh).items())
+
+
+def test_a_layer_keeps_no_per_weight_state_but_its_mask_bits(tiny_model, token_batch):
+    model = sparse_bert(tiny_model).train()
+    optimizer = torch.optim.AdamW(pst.optimizer_parameters(model), lr=1e-2)
+    train_step(model, token_batch, optimizer, micro_batches=2)
+    for name, layer in pst.sparse_layers(model):
+        parameters = {id(p) for p in layer.parameters()}
+        held = [t for t in list(vars(layer).values()) + list(layer.buffers())
+                if isinstance(t, torch.Tensor) and id(t) not in parameters]
+        held_bytes = sum(t.numel() * t.element_size() for t in held)
+        n, k = layer.out_features, layer.in_features
+        assert held_bytes <= n * k / 8 + 8 + layer.blocks * n * layer.weight.element_size(), name

@@ -40,6 +40,14 @@ class _RunConfig:
         pst.get_method(self.method)  # fail at planning time, naming the known methods
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.world_size, int) or isinstance(self.world_size, bool) or self.world_size < 1:
+            raise ValueError(f"world_size must be an int >= 1 (the number of training processes), "
+                             f"got {self.world_size!r}")
+
+    @property
+    def global_batch_size(self) -> int:
+        """Examples per optimizer step: ``batch_size`` is per process (as the Trainer's is)."""
+        return self.batch_size * self.world_size
 
     def pst_config(self) -> pst.PSTConfig:
         """The run's ``PSTConfig``: its method and sparsity plus the ``pst`` overrides."""
@@ -47,8 +55,15 @@ class _RunConfig:
 
     @property
     def run_id(self) -> str:
-        """The record's name: equal configs, whichever experiment asks, have one id and one record."""
-        return run_id(dataclasses.asdict(self))
+        """The record's name: equal configs, whichever experiment asks, have one id and one record.
+
+        A run on several processes trains with a larger global batch: its id says so
+        (``...-ws2-gb64-<hash>``); one-process runs keep the ids they always had.
+        """
+        fields = dataclasses.asdict(self)
+        if fields["world_size"] == 1:
+            del fields["world_size"]
+        return run_id(fields)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class GlueRunConfig(_RunConfig):
     warmup_steps: float = 0  # an int counts steps, a float in [0, 1) is a fraction of training
     precision: str = "fp32"  # fp32 | bf16 (mixed); the record says which one ran
     pst: dict = field(default_factory=dict)  # PSTConfig overrides: ranks, ablation switches, ...
+    world_size: int = 1  # training processes (torchrun / accelerate launch); batch_size is per process
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,6 +127,7 @@ class NlgRunConfig(_RunConfig):
     decode_batch_size: int = 16
     precision: str = "fp32"  # fp32 | bf16 (mixed); the record says which one ran
     pst: dict = field(default_factory=dict)
+    world_size: int = 1  # training processes (torchrun / accelerate launch); batch_size is per process
 
 
 #: Config class by kind, for files that name the kind (membership files, the runner CLI).

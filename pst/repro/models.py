@@ -13,10 +13,12 @@ unknown tokens, and a model pre-trained on it cannot read real text.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -195,10 +197,30 @@ def build_tiny_model(
         raise ValueError(f"vocab_size={vocab_size!r} is too small; expected >= 300")
     folder = Path(folder)
     settings = _tiny_settings(arch, corpus, vocab_size, seed) | {"pretrain_steps": pretrain_steps}
-    if _is_complete(folder, settings):
-        logger.info("reusing tiny %s model in %s", arch, folder)
-        return folder
+    with _one_process_at_a_time():
+        if _is_complete(folder, settings):
+            logger.info("reusing tiny %s model in %s", arch, folder)
+            return folder
+        _build(arch, folder, corpus, settings, vocab_size, seed, pretrain_steps)
+    return folder
 
+
+@contextlib.contextmanager
+def _one_process_at_a_time():
+    """Under torchrun / accelerate launch every process of a run asks for the same tiny model: the
+    main process of each machine builds it while the others wait, then they reuse its build
+    (two builders writing one folder at once would leave a mix)."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))) <= 1:
+        yield
+        return
+    from accelerate import PartialState  # initialises the process group the Trainer then uses
+
+    with PartialState().local_main_process_first():
+        yield
+
+
+def _build(arch: str, folder: Path, corpus: list[str], settings: dict, vocab_size: int, seed: int,
+           pretrain_steps: int) -> None:
     logger.info("building tiny %s model in %s (vocab %d, seed %d)", arch, folder, vocab_size, seed)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER_FILE).unlink(missing_ok=True)  # the folder is incomplete until rewritten
@@ -212,7 +234,6 @@ def build_tiny_model(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / MARKER_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    return folder
 
 
 def _check_corpus(corpus: list[str]) -> list[str]:

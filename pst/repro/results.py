@@ -54,6 +54,7 @@ _ID_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("lr", ("learning_rate", "lr")),
     ("ep", ("epochs", "num_train_epochs")),
     ("seed", ("seed",)),
+    ("ws", ("world_size",)),  # only in configs of several processes (see GlueRunConfig.run_id)
 )
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]*")
@@ -82,8 +83,9 @@ def config_hash(config: dict[str, Any], length: int = HASH_LENGTH) -> str:
 def run_id(config: dict[str, Any]) -> str:
     """A stable id such as ``rte-pst-sp0.9-lr5e-05-ep20-seed42-1a2b3c4d5e``, one safe file name.
 
-    The readable part (task, method, sparsity, learning rate, epochs, seed, when
-    present at the top level) helps people browse; the hash of the whole config
+    The readable part (task, method, sparsity, learning rate, epochs, seed, and the
+    world size and global batch of a multi-process run, when present at the top level)
+    helps people browse; the hash of the whole config
     makes any change, anywhere in it, give a new id, and equal configs one id.
     """
     if not isinstance(config, dict):
@@ -93,6 +95,8 @@ def run_id(config: dict[str, Any]) -> str:
         value = next((config[key] for key in keys if config.get(key) is not None), None)
         if value is not None:
             parts.append(label + _slug(_format_value(value)))
+    if config.get("world_size") is not None and config.get("batch_size") is not None:
+        parts.append("gb" + _slug(config["world_size"] * config["batch_size"]))  # the global batch
     parts.append(config_hash(config))
     return "-".join(parts)
 

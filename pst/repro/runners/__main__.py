@@ -4,8 +4,10 @@
     accelerate launch -m pst.repro.runners nlg run.json --out out
 
 ``run.json`` holds the fields of a ``GlueRunConfig`` / ``NlgRunConfig`` (as in a record's
-``config``). The Trainer takes care of the distributed training; only the main process
-writes the record, so a finished run is skipped and an interrupted one resumed, as always.
+``config``); ``batch_size`` is per process, and ``world_size`` (the number of processes) is
+taken from the launcher when the file leaves it out, so the run id and the record say what
+trained. The Trainer takes care of the distributed training; only the main process writes
+the record, so a finished run is skipped and an interrupted one resumed, as always.
 ``--experiment`` notes the run as part of that experiment, so the report's table shows it.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..configs import CONFIG_KINDS
 from ..experiments import Experiment, record_membership
 from ..runstate import STALE_POLICIES
 from .glue import run_glue
+from .lifecycle import launched_processes
 from .nlg import run_nlg
 
 RUNNERS = {"glue": run_glue, "nlg": run_nlg}
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.config.is_file():
         parser.error(f"config file {args.config} does not exist")
     values = json.loads(args.config.read_text())
+    values.setdefault("world_size", launched_processes())  # batch_size is per process: the id says how many
     try:
         config = config_class(**values)
     except (TypeError, ValueError) as error:

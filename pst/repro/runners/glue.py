@@ -22,6 +22,8 @@ from ..metrics.glue import MAIN_METRIC, make_compute_metrics
 from ..models import load_model, load_tokenizer
 from ..runstate import SCORES_SUFFIX, run_paths
 from .lifecycle import (
+    batch_record,
+    check_world_size,
     finish_run,
     logged_sparsity,
     model_summary,
@@ -52,6 +54,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     started = time.time()
     spec = get_task(config.task)
     pst_config = config.pst_config()  # validates before any work
+    check_world_size(config)
     set_seed(config.seed)
 
     model_path = resolve_model(config.model, Path(work_dir) / "models")
@@ -61,6 +64,10 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
     features = tokenize_glue(data, tokenizer, config.task, max_length=config.max_length)
     model = load_model(model_path, "sequence-classification", num_labels=spec.num_labels,
                        is_regression=spec.is_regression)
+    # A classification loss is the mean over the process's own batch and ignores num_items_in_batch; the
+    # Trainer, seeing forward(**kwargs), would multiply it (and the gradients) by the number of processes
+    # (average_tokens_across_devices). Declared here, it averages like one process with the global batch.
+    model.accepts_loss_kwargs = False
     pst.sparsify(model, pst_config)
 
     eval_splits = {split: features[split] for split in spec.eval_splits}
@@ -91,6 +98,7 @@ def run_glue(config: GlueRunConfig, results_dir: Path, work_dir: Path, force: bo
         "selected": selected,
         "training_log": training_log(trainer.state.log_history, prunes),
         "train_steps": trainer.state.global_step,
+        **batch_record(trainer),
     }
     return finish_run(paths, config, body, started)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -68,6 +69,30 @@ def training_arguments(config: Any, output_dir: Path, **specific: Any) -> Traini
         bf16=precision_used(config) == "bf16",
         **specific,
     )
+
+
+def launched_processes() -> int:
+    """How many processes torchrun / accelerate launch started for this run (1 without them)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_world_size(config: Any) -> None:
+    """Refuse a run whose config was made for another number of processes: its id, and its
+    global batch, would not be what trains."""
+    launched = launched_processes()
+    if config.world_size != launched:
+        raise ValueError(
+            f"{config.run_id} is configured for world_size={config.world_size} but {launched} process(es) run it: "
+            f"set \"world_size\": {launched} in the config (the run id and the global batch follow it), or launch "
+            f"{config.world_size} process(es)"
+        )
+
+
+def batch_record(trainer: Trainer) -> dict:
+    """What one optimizer step saw, as the Trainer ran it: processes and the global batch."""
+    args = trainer.args
+    return {"world_size": args.world_size,
+            "global_batch_size": args.train_batch_size * args.gradient_accumulation_steps * args.world_size}
 
 
 def without_printed_logs(trainer: Trainer) -> Trainer:

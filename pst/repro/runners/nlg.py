@@ -22,8 +22,8 @@ from ..metrics.nlg import e2e_scores, webnlg_scores
 from ..models import load_model, load_tokenizer
 from ..results import write_jsonl
 from ..runstate import run_paths
-from .lifecycle import (finish_run, model_summary, resume_point, reusable_record, training_arguments, training_log,
-                        without_printed_logs)
+from .lifecycle import (batch_record, check_world_size, finish_run, model_summary, resume_point, reusable_record,
+                        training_arguments, training_log, without_printed_logs)
 from .model_source import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
         return record
     started = time.time()
     pst_config = config.pst_config()
+    check_world_size(config)
     set_seed(config.seed)
 
     model_path = resolve_model(config.model, Path(work_dir) / "models")
@@ -86,6 +87,7 @@ def run_nlg(config: NlgRunConfig, results_dir: Path, work_dir: Path, force: bool
         "metrics": metrics,
         "predictions_file": predictions_file.name,
         "train_steps": trainer.state.global_step,
+        **batch_record(trainer),
         "training_log": training_log(trainer.state.log_history, pst.get_method(config.method).prunes),
         "train_loss": next((e["train_loss"] for e in reversed(trainer.state.log_history) if "train_loss" in e), None),
     }
