@@ -16,7 +16,6 @@ import torch
 from safetensors import safe_open
 
 from .config import PSTConfig
-from .methods import get_method
 
 ADAPTER_WEIGHTS = "pst_adapter.safetensors"
 ADAPTER_CONFIG = "pst_adapter_config.json"
@@ -26,7 +25,7 @@ FORMAT_VERSION = 1
 
 def check_method(config: PSTConfig, source: str) -> None:
     """Refuse the methods that train every pre-trained weight: they have no small adapter."""
-    spec = get_method(config.method)
+    spec = config.spec
     if spec.trains_pretrained:
         raise ValueError(
             f"{source}: method {config.method!r} fine-tunes every pre-trained weight, so there is no "

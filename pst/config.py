@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .fused import validate_spec
 from .masking import UNSTRUCTURED, max_sparsity, parse_pattern, validate_sparsity
-from .methods import get_method
+from .methods import MethodSpec, get_method
 
 #: The paper's target sparsity, the default of an unstructured pattern.
 DEFAULT_SPARSITY = 0.9
@@ -195,7 +195,7 @@ class PSTConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
-        spec = get_method(self.method)
+        spec = self.spec
         pattern = parse_pattern(self.pattern)  # checked for every method, binding only for pruning ones
         if not spec.prunes:
             pattern = None
@@ -262,6 +262,11 @@ class PSTConfig:
             resolved.fused_modules = copy.deepcopy(defaults.get("fused_modules", {}))
         return resolved
 
+    @property
+    def spec(self) -> MethodSpec:
+        """What the method scores and trains (``pst.methods``): looked up here, in one place."""
+        return get_method(self.method)
+
     # Which score terms are active, after the method, the ablation switches and keep_zeros.
     @property
     def selects_mask(self) -> bool:
@@ -270,13 +275,13 @@ class PSTConfig:
 
     @property
     def uses_magnitude_score(self) -> bool:
-        spec = get_method(self.method)
+        spec = self.spec
         return spec.magnitude_score and (spec.name != "pst" or self.score_magnitude) and self.selects_mask
 
     @property
     def uses_low_rank_score(self) -> bool:
-        return get_method(self.method).low_rank_score and self.score_low_rank and self.selects_mask
+        return self.spec.low_rank_score and self.score_low_rank and self.selects_mask
 
     @property
     def uses_structured_score(self) -> bool:
-        return get_method(self.method).structured_score and self.score_structured and self.selects_mask
+        return self.spec.structured_score and self.score_structured and self.selects_mask

@@ -51,7 +51,6 @@ from .config import PSTConfig
 from .fused import BlockLayout
 from . import masking
 from .masking import keep_mask, num_pruned, parse_pattern, validate_sparsity
-from .methods import get_method
 
 SUPPORTED_MODULES = (nn.Linear, Conv1D)
 
@@ -80,7 +79,7 @@ def _watch_optimizer_steps() -> None:
 
 def oriented_shape(module: nn.Module) -> tuple[int, int]:
     """(outputs, inputs) of an ``nn.Linear`` or a ``Conv1D`` (which stores its weight as inputs x outputs)."""
-    shape = base_weights.dense_shape(module.weight)  # pst.base_weights: a packed 4-bit weight's own shape is not W's
+    shape = base_weights.dense_shape(module.weight)  # a packed 4-bit weight's own shape is not W's
     return (shape[1], shape[0]) if isinstance(module, Conv1D) else (shape[0], shape[1])
 
 
@@ -120,7 +119,7 @@ class SparseLayer(nn.Module):
             raise TypeError(
                 f"cannot sparsify a {type(base).__name__}; supported modules: nn.Linear and transformers Conv1D"
             )
-        base_weights.check_base(base, get_method(config.method).trains_pretrained)  # pst.base_weights: plain float, or a quantized W the layer can dequantize
+        base_weights.check_base(base, config.spec.trains_pretrained)
         self.transposed = isinstance(base, Conv1D)
         self.weight = base.weight
         self.bias = base.bias
@@ -128,7 +127,7 @@ class SparseLayer(nn.Module):
         self.layout = blocks if isinstance(blocks, BlockLayout) else BlockLayout.equal(blocks, out_features)
         if self.layout.rows != out_features:
             raise ValueError(f"the fused block layout covers {self.layout.rows} rows, the module has {out_features}")
-        self.spec = get_method(config.method)
+        self.spec = config.spec
         self.pattern = parse_pattern(config.pattern) if self.spec.prunes else None
         if self.pattern is not None and in_features % self.pattern[1]:
             raise ValueError(
@@ -137,7 +136,7 @@ class SparseLayer(nn.Module):
             )
         self.in_features, self.out_features, self.blocks = in_features, out_features, self.layout.num_blocks
         self.method = config.method
-        self.keep_zeros = config.keep_zeros  # pst.base_weights: the base's zeros are always pruned
+        self.keep_zeros = config.keep_zeros  # the base's zeros are always pruned
         self.beta, self.alpha1, self.alpha2 = config.beta, config.alpha1, config.alpha2
         self.magnitude_score = config.uses_magnitude_score
         self.magnitude_score_grad = self.magnitude_score and self.spec.magnitude_score_grad
@@ -403,10 +402,10 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
             bits = layer._mask_buffer()
             prunes = layer._block_prunes()
             support = exact = None
-            if layer.keep_zeros:  # pst.base_weights: at least the base's zeros, pruned first
+            if layer.keep_zeros:  # at least the base's zeros, pruned first
                 support = base_weights.support(layer._oriented(layer.weight))
-                prunes, exact = base_weights.keep_zeros_prunes(prunes, support, layer.layout, layer.pattern,
-                                                               scored=layer.magnitude_score or layer.A is not None or layer.R is not None)
+                scored = layer.magnitude_score or layer.A is not None or layer.R is not None
+                prunes, exact = base_weights.keep_zeros_prunes(prunes, support, layer.layout, layer.pattern, scored=scored)
                 if all(exact):  # exactly the base's zeros: nothing to select
                     pack_mask(support, layer.bit_shifts, out=bits)
                     continue
@@ -509,7 +508,7 @@ def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
 
 def updated_weight(spec: LayerSpec, weight, U, V, one_hot) -> torch.Tensor:
     """W' = W + beta U V as (n, k) in the parameters' dtype; the weight itself without an update."""
-    w = base_weights.dequantized(weight)  # pst.base_weights: a quantized W, dequantized for this layer only
+    w = base_weights.dequantized(weight)  # a quantized W, dequantized for this layer only
     w = w.t() if spec.transposed else w
     if U is None:
         return w

@@ -12,7 +12,6 @@ from . import base_weights
 from .config import PSTConfig
 from .fused import BlockLayout
 from .layers import SUPPORTED_MODULES, SparseLayer, link_peers, oriented_shape, refresh_step_states
-from .methods import get_method
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def find_targets(model: nn.Module, config: PSTConfig) -> list[str]:
         )
     for name in names:  # quantized bases the layer cannot read, before any module is replaced
         try:
-            base_weights.check_base(modules[name], get_method(resolved.method).trains_pretrained)
+            base_weights.check_base(modules[name], resolved.spec.trains_pretrained)
         except TypeError as error:
             raise TypeError(f"cannot sparsify {name}: {error}") from None
     return names
@@ -95,7 +94,7 @@ def sparsify(model: nn.Module, config: PSTConfig | None = None) -> nn.Module:
     if getattr(model, CONFIG_ATTRIBUTE, None) is not None or any(True for _ in sparse_layers(model)):
         raise ValueError("this model is already sparsified; sparsify() applies once (use pst.merge() first)")
     resolved = config.resolved_for(_model_type(model))
-    spec = get_method(config.method)
+    spec = config.spec
     targets = find_targets(model, resolved)
     if spec.wraps_modules:
         layers = []
@@ -117,7 +116,7 @@ def sparsify(model: nn.Module, config: PSTConfig | None = None) -> nn.Module:
 
 
 def _set_trainable(model: nn.Module, config: PSTConfig) -> None:
-    spec = get_method(config.method)
+    spec = config.spec
     for parameter in model.parameters():
         parameter.requires_grad_(spec.trains_pretrained)
     for _, layer in sparse_layers(model):

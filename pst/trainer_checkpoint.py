@@ -16,7 +16,6 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .adapter_format import StoredAdapter, check_method
 from .config import PSTConfig
-from .methods import get_method
 from .schedule import cubic_sparsity
 
 TRAINER_STATE = "trainer_state.json"
@@ -75,7 +74,7 @@ def read_trainer_checkpoint(directory: Path, config: PSTConfig | None, sparsity:
     if missing_uv:
         raise ValueError(f"{directory} lacks U or V for {missing_uv[:3]}: not a checkpoint of a 'pst' or 'lora' model")
     if sparsity is None:
-        sparsity = _schedule_sparsity(directory, config) if get_method(config.method).prunes else 0.0
+        sparsity = _schedule_sparsity(directory, config) if config.spec.prunes else 0.0
     layers = {
         n: {"shape": [shapes[f"{n}.U"].shape[0], shapes[f"{n}.V"].shape[-1]], "sparsity": sparsity} for n in layer_names
     }
