@@ -49,10 +49,11 @@ def add_member(results: Path, experiment: str, rid: str) -> None:
 
 
 def glue_record(results: Path, experiment: str, task: str, method: str, value: float, lr: float = 1e-4,
-                epochs: int = 20, sparsity: float = 0.9, pst: dict | None = None, added: int = 30464) -> dict:
+                epochs: int = 20, sparsity: float = 0.9, pst: dict | None = None, added: int = 30464,
+                source: str = "synthetic") -> dict:
     """A GLUE record with the runner's structure; every metric is ``value`` plus a fixed offset."""
     pst = dict(pst or {})
-    config = {"batch_size": 32, "data_dir": None, "data_source": "synthetic", "epochs": epochs,
+    config = {"batch_size": 32, "data_dir": None, "data_source": source, "epochs": epochs,
               "eval_batch_size": 128, "learning_rate": lr, "max_length": 128,
               "method": method, "model": "tiny:bert", "pst": pst, "seed": 0,
               "sparsity": sparsity, "synthetic_sizes": None, "task": task, "warmup_steps": 0, "weight_decay": 0.0}
@@ -144,15 +145,18 @@ def test_nan_never_wins_and_nlg_selects_by_bleu(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- GLUE
 
 
-def test_glue_table_layout_values_and_paper_rows(glue_results: Path) -> None:
+APT = "reported by APT (ICML 2024, Table 7)"
+
+
+def test_glue_table_layout_values_and_published_rows(glue_results: Path) -> None:
     table = report.glue_table(glue_results, "glue-bert")
-    assert list(table.index) == ["PST", "PST (paper)", "MaP", "MaP (paper)", "MvP", "MvP (paper)",
+    published = [f"{m} at {s}%, {APT}" for m in ("PST", "MaP", "MvP") for s in (90, 50)]
+    assert list(table.index) == ["PST", *published[0:2], "MaP", *published[2:4], "MvP", *published[4:6],
                                  "Dense fine-tuning", "Dense fine-tuning (paper)"]
     assert list(table.columns) == ["Sparsity (%)", "MNLI-m (acc)", "MNLI-mm (acc)", "SST-2 (acc)", "STS-B (Pearson)",
                                    "STS-B (Spearman)", "MRPC (acc)", "MRPC (F1)", "Avg (main metrics)"]
-    ours = table.loc[[i for i in table.index if not i.endswith("(paper)")]]
-    paper = table.loc[[i for i in table.index if i.endswith("(paper)")]]
-    assert (paper == DASH).all().all()  # the paper's numbers are not available: never invented
+    ours = table.loc[["PST", "MaP", "MvP", "Dense fine-tuning"]]
+    assert (table.loc["Dense fine-tuning (paper)"] == DASH).all()  # no sourced number: never invented
     values = ours.drop(columns="Sparsity (%)").to_numpy(dtype=float)
     assert ((values > 1) & (values <= 100)).all()  # percentages, finite
     assert table.loc["PST", "SST-2 (acc)"] == 80.0
@@ -162,6 +166,36 @@ def test_glue_table_layout_values_and_paper_rows(glue_results: Path) -> None:
     # average of the main metrics: MNLI-m 80, SST-2 80, STS-B Pearson 80, MRPC F1 81
     assert table.loc["PST", "Avg (main metrics)"] == round((80 + 80 + 80 + 81) / 4, 1)
     assert table.loc["PST", "Sparsity (%)"] == 90.0 and table.loc["Dense fine-tuning", "Sparsity (%)"] == 0.0
+    # APT's one number per task sits in the task's main-metric column; its 8-task average is not
+    # shown beside a table of four tasks
+    apt = table.loc[f"PST at 90%, {APT}"]
+    assert (apt["Sparsity (%)"], apt["MNLI-m (acc)"], apt["SST-2 (acc)"], apt["STS-B (Pearson)"], apt["MRPC (F1)"]) == (
+        90.0, 79.6, 89.0, 81.3, 83.6)
+    assert apt["MNLI-mm (acc)"] == apt["STS-B (Spearman)"] == apt["MRPC (acc)"] == apt["Avg (main metrics)"] == DASH
+    assert table.loc[f"MaP at 50%, {APT}", "SST-2 (acc)"] == 91.0
+    assert "APT" in table.attrs["note"] or "reported by" in table.attrs["note"]
+
+
+def test_published_table_is_apt_table_7_with_its_source() -> None:
+    table = report.published_table("glue-bert")
+    assert list(table.columns) == ["MNLI", "QQP", "QNLI", "SST-2", "CoLA", "STS-B", "MRPC", "RTE", "Avg"]
+    assert list(table.loc["PST at 90%"]) == [79.6, 86.1, 86.6, 89.0, 38.0, 81.3, 83.6, 63.2, 75.9]
+    assert list(table.loc["MvP at 50%"]) == [82.3, 87.3, 90.8, 90.8, 57.7, 89.4, 91.1, 67.2, 82.1]
+    for row in table.itertuples(index=False):  # the reported average is the mean of the eight tasks
+        assert abs(sum(row[:8]) / 8 - row[8]) <= 0.1  # each printed to one decimal
+    note = table.attrs["note"]
+    assert "APT" in note and "ICML 2024" in note and "Table 7" in note and "not the PST paper's own" in note
+    assert "MNLI -> MNLI-m (acc)" in note and "STS-B -> STS-B (Pearson)" in note
+    assert report.published("glue-roberta") is None and report.published("nlg-gpt2") is None
+
+
+def test_glue_table_never_averages_synthetic_and_real_tasks(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    glue_record(results, "glue-roberta", "sst2", "pst", 0.9)  # synthetic
+    glue_record(results, "glue-roberta", "stsb", "pst", 0.3, source="bundled")
+    table = report.glue_table(results, "glue-roberta")
+    assert "Avg (main metrics)" not in table.columns
+    assert table.loc["PST", "SST-2 (acc)"] == 90.0 and table.loc["PST", "STS-B (Pearson)"] == 30.0
 
 
 def test_glue_table_missing_run_shows_dash_and_no_average(tmp_path: Path) -> None:
@@ -301,7 +335,8 @@ def test_save_table_writes_md_tex_csv(glue_results: Path, tmp_path: Path) -> Non
     assert [p.name for p in paths] == ["glue.md", "glue.tex", "glue.csv"]
     assert all(p.stat().st_size > 0 for p in paths)
     markdown = paths[0].read_text(encoding="utf-8")
-    assert "| PST (paper)" in markdown and DASH in markdown and "80.0" in markdown
+    assert "| Dense fine-tuning (paper)" in markdown and DASH in markdown and "80.0" in markdown
+    assert "reported by APT (ICML 2024, Table 7)" in markdown
     latex = paths[1].read_text(encoding="utf-8")
     assert "\\begin{tabular}" in latex and "Sparsity (\\%)" in latex
     back = pd.read_csv(paths[2], index_col=0)
@@ -337,7 +372,7 @@ def test_paper_results_file_has_structure_and_no_invented_numbers() -> None:
 def test_build_report_with_some_experiments(glue_results: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     written = report.build_report(glue_results, out)
-    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status", "tables/glue_bert",
+    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status", "tables/published_glue_bert", "tables/glue_bert",
                             "tables/glue_bert_selection", "figures/curves_glue_bert"}
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
@@ -353,7 +388,7 @@ def test_build_report_with_every_experiment(tmp_path: Path) -> None:
     glue_record(results, "someone-elses-experiment", "rte", "pst", 0.7)
     out = tmp_path / "out"
     written = report.build_report(results, out)
-    expected = {"criteria", "parameter_counts", "record_status", "glue_bert", "glue_bert_selection", "glue_roberta",
+    expected = {"criteria", "parameter_counts", "record_status", "published_glue_bert", "glue_bert", "glue_bert_selection", "glue_roberta",
                 "glue_roberta_selection", "nlg_gpt2", "nlg_gpt2_selection", "analysis_runs", "ablation_score",
                 "ablation_rank", "ablation_sparsity"}
     figures = {"ablation_sparsity", "curves_glue_bert", "curves_glue_roberta"}  # NLG: a record without training log
