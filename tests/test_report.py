@@ -313,12 +313,23 @@ def test_ablation_tables(tmp_path: Path) -> None:
     assert sparsity.loc["80%", "SST-2 (acc) MaP"] == round(100 * (0.9 - 0.24 - 0.01), 1)
 
 
+def test_a_single_task_ablation_shows_its_standard_error_not_an_average(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for variant, value in (("|W'|", 0.7), ("|W'| + AB + R + C", 0.8)):
+        glue_record(results, "ablation-score", "sst2", "pst", value, pst=SCORE_VARIANTS[variant])
+    table = report.score_ablation_table(results)
+    assert list(table.columns) == ["SST-2 (acc)", "± SE"]
+    assert table.loc["|W'|", "± SE"] == pytest.approx(100 * math.sqrt(0.7 * 0.3 / 128), abs=0.05)
+
+
 def test_sparsity_figure_is_a_valid_image(tmp_path: Path) -> None:
     results = _ablation_results(tmp_path)
     figure = report.sparsity_figure(results, tmp_path / "figs" / "sweep")
     axes = [ax for ax in figure.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == ["SST-2 (acc)", "MRPC (F1)"]
-    assert len(axes[0].get_lines()) == 3 and axes[0].get_xlabel() == "target sparsity (%)"
+    assert len(axes[0].containers) == 3 and axes[0].get_xlabel() == "target sparsity (%)"  # error bars, one per method
+    assert axes[0].get_ylim() == (0.0, 100.0)  # the whole scale: one dev example is not magnified
+    assert all(ax.get_legend() is None for ax in figure.axes) and len(figure.legends) == 1
     with Image.open(tmp_path / "figs" / "sweep.png") as image:
         image.verify()
     with Image.open(tmp_path / "figs" / "sweep.png") as image:
@@ -372,8 +383,9 @@ def test_paper_results_file_has_structure_and_no_invented_numbers() -> None:
 def test_build_report_with_some_experiments(glue_results: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     written = report.build_report(glue_results, out)
-    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status", "tables/published_glue_bert", "tables/glue_bert",
-                            "tables/glue_bert_selection", "figures/curves_glue_bert"}
+    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status",
+                            "tables/published_glue_bert", "tables/glue_bert", "tables/glue_bert_selection",
+                            "tables/glue_bert_noise", "figures/curves_glue_bert"}
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert not (out / "tables" / "glue_roberta.md").exists()
@@ -388,8 +400,8 @@ def test_build_report_with_every_experiment(tmp_path: Path) -> None:
     glue_record(results, "someone-elses-experiment", "rte", "pst", 0.7)
     out = tmp_path / "out"
     written = report.build_report(results, out)
-    expected = {"criteria", "parameter_counts", "record_status", "published_glue_bert", "glue_bert", "glue_bert_selection", "glue_roberta",
-                "glue_roberta_selection", "nlg_gpt2", "nlg_gpt2_selection", "analysis_runs", "ablation_score",
+    expected = {"criteria", "parameter_counts", "record_status", "published_glue_bert", "glue_bert", "glue_bert_selection",
+                "glue_bert_noise", "glue_roberta", "glue_roberta_selection", "glue_roberta_noise", "nlg_gpt2", "nlg_gpt2_selection", "analysis_runs", "ablation_score",
                 "ablation_rank", "ablation_sparsity"}
     figures = {"ablation_sparsity", "curves_glue_bert", "curves_glue_roberta"}  # NLG: a record without training log
     assert set(written) == {f"tables/{name}" for name in expected} | {f"figures/{name}" for name in figures}
@@ -447,3 +459,19 @@ def test_the_report_reads_what_experiments_refer_to_and_says_what_it_leaves_out(
     kept = report.glue_table(report.read_results(results, keep_stale=True), "glue-bert", paper=False)
     assert list(kept.index) == ["PST", "MaP", "MvP"]
     assert report.record_status_table(results, keep_stale=True).loc["glue-bert", "In tables"] == 3
+
+
+def test_standard_errors_come_from_the_dev_set_and_decide_what_may_be_ranked(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    pst = glue_record(results, "glue-bert", "sst2", "pst", 0.80)
+    close = glue_record(results, "glue-bert", "sst2", "magnitude", 0.78)
+    far = glue_record(results, "glue-bert", "sst2", "movement", 0.50)
+    n = report.dev_size(pst)
+    assert n > 0
+    assert report.standard_error(pst) == pytest.approx(100 * math.sqrt(0.8 * 0.2 / n))
+    assert not report.separated(pst, close) and report.separated(pst, far)
+    stsb = glue_record(results, "glue-bert", "stsb", "pst", 0.5)
+    assert report.standard_error(stsb) == pytest.approx(100 * 0.75 / math.sqrt(report.dev_size(stsb) - 3))
+    table = report.noise_table(results, "glue-bert")
+    assert table.loc["SST-2", "Best, and the methods it is separated from"] == "PST; MvP"
+    assert table.loc["SST-2", "PST"] == f"80.0 ± {report.standard_error(pst):.1f}"

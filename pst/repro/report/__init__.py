@@ -38,7 +38,8 @@ from .ablations import rank_ablation_table, score_ablation_table, score_variant,
 from .columns import GLUE_COLUMNS, METHOD_ORDER, MISSING, NLG_COLUMNS, method_name, method_style
 from .counts import criteria_table, parameter_counts, parameter_counts_table
 from .curves import MissingCurveError, glue_curves, training_loss_curves
-from .files import display_frame, save_figure, save_table
+from .files import display_frame, markdown_table, save_figure, save_table, show
+from .noise import dev_size, noise_table, separated, standard_error
 from .paper import PAPER_RESULTS_PATH, check_paper_results, paper_results, paper_value, published, published_table
 from .records import (
     ABLATION_EXPERIMENTS,
@@ -69,7 +70,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
     another paper reports: APT's Table 7) and ``record_status`` (per
     experiment, its runs and what is left out; records of other code are used only when
     ``keep_stale``); then, for each experiment with records, its tables (``glue_bert``, ``glue_roberta``, ``nlg_gpt2`` with their
-    ``*_selection`` grids, ``analysis_runs``, ``ablation_score``, ``ablation_rank``,
+    ``*_selection`` grids (and ``*_noise``: standard errors, for GLUE), ``analysis_runs``, ``ablation_score``, ``ablation_rank``,
     ``ablation_sparsity``) and figures (``curves_glue_bert``, ``curves_glue_roberta``: dev metric
     against step; ``curves_nlg_gpt2``: training loss against step; ``ablation_sparsity``; the
     score-structure outputs of :func:`score_structure_outputs` when ``analysis``). Experiments
@@ -108,6 +109,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
         if not skip(experiment):
             table(stem, glue_table(records, experiment))
             table(f"{stem}_selection", selection_table(records, experiment))
+            table(f"{stem}_noise", noise_table(records, experiment))
             figure(f"curves_{stem}", lambda experiment=experiment: glue_curves(records, experiment))
     if not skip(NLG_EXPERIMENT):
         table("nlg_gpt2", nlg_table(records))
@@ -132,7 +134,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
 
 __all__ = [
     "GLUE_COLUMNS", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH", "MissingCurveError",
-    "best_runs", "build_report", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
+    "best_runs", "build_report", "markdown_table", "show", "dev_size", "noise_table", "separated", "standard_error", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
     "method_name", "method_style", "nlg_table", "paper_results", "paper_value", "parameter_counts",
     "parameter_counts_table", "published", "published_table", "read_results", "record_status_table",
     "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_structure_outputs",

@@ -34,8 +34,9 @@ class MissingCurveError(ValueError):
 def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | None = None) -> "Figure":
     """Dev main metric (primary dev split, percent) against the optimizer step, one panel per task.
 
-    One line per method for the run its grid search kept, a dotted vertical line (and a ring) at
-    the evaluation that run selected, and the sparsity schedule in grey on a twin axis. ``tasks``:
+    One line per method for the run its grid search kept, a dotted vertical line (and a hollow
+    ring) at the evaluation that run selected, and the sparsity schedule in grey on a twin axis;
+    one legend below the panels. ``tasks``:
     the tasks to draw (default: every task with records, in the paper's order).
     Raises :class:`MissingCurveError` when a kept run has no ``evaluations``.
     """
@@ -55,7 +56,7 @@ def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | No
     def ylabel(task: str) -> str:
         return f"dev {main_label(task)} (%)"
 
-    title = f"{experiment}: dev metric against training step (dotted: the selected evaluation)"
+    title = f"{experiment}: dev metric against training step (dotted line and ring: the selected evaluation)"
     return _curves(chosen, draw, ylabel, title)
 
 
@@ -126,7 +127,8 @@ def _schedule(record: dict) -> tuple[tuple, tuple] | None:
 
 def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable[[str], str], title: str,
             ) -> "Figure":
-    figure, axes = panel_grid(len(chosen), 4.2, 3.2, extra_height=0.6)
+    figure, axes = panel_grid(len(chosen), 4.2, 3.2, extra_height=0.9)
+    legend: dict[str, object] = {}  # one legend for the figure: label -> handle
     for ax, (task, runs) in zip(axes, chosen.items()):
         twin = ax.twinx()
         schedules = {s for s in map(_schedule, runs.values()) if s is not None}
@@ -143,13 +145,14 @@ def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel(task))
         ax.grid(True, linewidth=0.4, alpha=0.5)
-        handles, labels = ax.get_legend_handles_labels()
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
         if schedules:
-            handles += twin.get_lines()[:1]
-            labels += ["sparsity schedule"]
-        ax.legend(handles, labels, fontsize=7)
+            legend.setdefault("sparsity schedule (right axis)", twin.get_lines()[0])
     models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for runs in chosen.values()
                      for r in runs.values()})
     text = f"{title}. Per method the run its grid search kept; model: {', '.join(models)}"
     figure.suptitle(textwrap.fill(text, width=int(11 * figure.get_figwidth())), fontsize=10)  # ~11 characters an inch
+    figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=8,
+                  frameon=False)
     return figure
