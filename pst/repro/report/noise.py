@@ -22,17 +22,29 @@ _CORRELATIONS = {"pearson", "spearmanr", "matthews_correlation"}
 
 
 @functools.lru_cache(maxsize=64)
-def _dev_size(task: str, source: str, sizes: str, split: str) -> int:
+def _dev_labels(task: str, source: str, sizes: str, split: str) -> tuple:
     from ..data.glue import load_glue
 
-    return len(load_glue(task, source, synthetic_sizes=json.loads(sizes) or None)[split])
+    return tuple(load_glue(task, source, synthetic_sizes=json.loads(sizes) or None)[split]["label"])
+
+
+def _labels(record: Mapping) -> tuple:
+    task = record["task"]
+    sizes = json.dumps(get(record, "config.synthetic_sizes") or {}, sort_keys=True)
+    return _dev_labels(task, get(record, "config.data_source", "hub"), sizes, get_task(task).eval_splits[0])
 
 
 def dev_size(record: Mapping) -> int:
     """Examples in the primary dev split the record's run was evaluated on (the data is loaded once)."""
-    task = record["task"]
-    sizes = json.dumps(get(record, "config.synthetic_sizes") or {}, sort_keys=True)
-    return _dev_size(task, get(record, "config.data_source", "hub"), sizes, get_task(task).eval_splits[0])
+    return len(_labels(record))
+
+
+def majority_share(record: Mapping) -> float | None:
+    """Percent of the primary dev split in its most frequent class (chance for accuracy); ``None`` for regression."""
+    labels = _labels(record)
+    if not labels or isinstance(labels[0], float):
+        return None
+    return 100.0 * max(labels.count(label) for label in set(labels)) / len(labels)
 
 
 def standard_error(record: Mapping | None) -> float | None:
@@ -58,7 +70,8 @@ def noise_table(results_dir: Records, experiment: str) -> "Any":
     """Per task: the dev set's size, each method's main metric ± one standard error, and whether
     the best method is separated from each other one by more than two standard errors.
 
-    Rows: tasks in the paper's order; columns: "Data", "Dev examples", one "<method>" column
+    Rows: tasks in the paper's order; columns: "Data", "Dev examples", "Majority class (%)" (what
+    always answering the commonest label scores; "—" for regression), one "<method>" column
     ("56.9 ± 1.7") per method, and "Best, and the methods it is separated from".
     """
     import pandas as pd
@@ -69,7 +82,9 @@ def noise_table(results_dir: Records, experiment: str) -> "Any":
     for task in ordered_tasks(task for task, _ in best):
         runs = {m: best[(task, m)] for m in methods if (task, m) in best}
         first = next(iter(runs.values()))
-        row: dict[str, Any] = {"Data": get(first, "config.data_source", MISSING), "Dev examples": dev_size(first)}
+        majority = majority_share(first)
+        row: dict[str, Any] = {"Data": get(first, "config.data_source", MISSING), "Dev examples": dev_size(first),
+                               "Majority class (%)": MISSING if majority is None else f"{majority:.1f}"}
         for method in methods:
             record, se = runs.get(method), standard_error(runs.get(method))
             row[method_name(method)] = MISSING if se is None else f"{main_percent(record):.1f} ± {se:.1f}"

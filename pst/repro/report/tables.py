@@ -158,6 +158,6 @@ def selection_table(results_dir: Records, experiment: str) -> "pd.DataFrame":
     import pandas as pd
 
     frame = pd.DataFrame(rows).astype(object)
-    frame.attrs["decimals"] = {"Selection value": 1, "Selected epoch": 1}
+    frame.attrs["decimals"] = {"Selection value": 1, "Selected epoch": 0}
     frame.attrs["note"] = f"{experiment}: the run kept for each task and method, and the size of its grid."
     return frame
