@@ -475,3 +475,31 @@ def test_standard_errors_come_from_the_dev_set_and_decide_what_may_be_ranked(tmp
     table = report.noise_table(results, "glue-bert")
     assert table.loc["SST-2", "Best, and the methods it is separated from"] == "PST; MvP"
     assert table.loc["SST-2", "PST"] == f"80.0 ± {report.standard_error(pst):.1f}"
+
+
+def test_the_reading_ranks_only_what_the_noise_separates_and_names_plateaus(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    glue_record(results, "glue-bert", "sst2", "pst", 0.80)
+    glue_record(results, "glue-bert", "sst2", "magnitude", 0.79)
+    glue_record(results, "glue-bert", "rte", "pst", 0.95)
+    held = glue_record(results, "glue-bert", "rte", "magnitude", 0.50)
+    held["evaluations"] = [{**held["evaluations"][0], "step": step} for step in (10, 20, 30)]
+    write_record(record_path(results, held["run_id"]), held)
+    reading = report.glue_reading(results, "glue-bert")
+    sst2, rte = reading.splitlines()
+    assert sst2.startswith("- **SST-2** (synthetic, 128 dev examples; majority class")
+    assert "cannot be ranked" in sst2 and "PST 80.0 ±" in sst2
+    assert "PST is ahead of every other method by more than two standard errors" in rte
+    assert "At the majority class (within two standard errors): MaP" in rte
+    assert "Plateau: MaP kept a value held at 3 evaluations" in rte
+
+
+def test_the_ablation_reading_says_when_its_spread_is_noise(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for variant, value in (("|W'|", 0.78), ("|W'| + AB + R + C", 0.80)):
+        glue_record(results, "ablation-score", "sst2", "pst", value, pst=SCORE_VARIANTS[variant])
+    reading = report.ablation_reading(report.score_ablation_table(results))
+    assert reading.startswith("SST-2 (acc): from 78.0 (|W'|) to 80.0 (|W'| + AB + R + C), a spread of 2.0 points")
+    assert "no row of this table can be ranked" in reading
+    glue_record(results, "ablation-score", "sst2", "pst", 0.40, pst=SCORE_VARIANTS["|W'| + AB"])
+    assert "differ by more than the dev sample explains" in report.ablation_reading(report.score_ablation_table(results))

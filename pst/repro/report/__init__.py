@@ -42,7 +42,7 @@ from .files import display_frame, markdown_table, save_figure, save_table, show
 from .examples import glue_examples
 from .noise import dev_size, majority_share, noise_table, separated, standard_error
 from .paper import PAPER_RESULTS_PATH, check_paper_results, paper_results, paper_value, published, published_table
-from .reading import glue_reading
+from .reading import ablation_reading, glue_reading
 from .records import (
     ABLATION_EXPERIMENTS,
     ANALYSIS_EXPERIMENT,
@@ -136,7 +136,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
 
 __all__ = [
     "GLUE_COLUMNS", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH", "MissingCurveError",
-    "best_runs", "build_report", "markdown_table", "show", "dev_size", "glue_examples", "glue_reading", "majority_share", "noise_table", "separated", "standard_error", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
+    "best_runs", "build_report", "markdown_table", "show", "ablation_reading", "dev_size", "glue_examples", "glue_reading", "majority_share", "noise_table", "separated", "standard_error", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
     "method_name", "method_style", "nlg_table", "paper_results", "paper_value", "parameter_counts",
     "parameter_counts_table", "published", "published_table", "read_results", "record_status_table",
     "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_structure_outputs",

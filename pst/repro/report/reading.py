@@ -9,6 +9,7 @@ several evaluations, that the value is a plateau, not a learning curve.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from ..glue_tasks import get_task
 from .columns import main_percent, method_name, ordered_methods, ordered_tasks, task_name
@@ -71,3 +72,26 @@ def glue_reading(results_dir: Records, experiment: str) -> str:
     lines = [_task_sentence(task, {m: best[(task, m)] for m in methods if (task, m) in best})
              for task in ordered_tasks(task for task, _ in best)]
     return "\n".join(lines)
+
+
+def ablation_reading(table: "Any") -> str:
+    """One sentence on a single-task ablation table with a "± SE" column: whether its spread
+    is larger than the dev sample alone can move two rows apart (two standard errors of a difference)."""
+    import math
+
+    from .ablations import SE_COLUMN
+
+    if SE_COLUMN not in table.columns:
+        return "Several tasks: read each column against its own noise."
+    metric = [c for c in table.columns if c not in (SE_COLUMN, "Added parameters")][0]
+    rows = [(label, v, se) for label, v, se in zip(table.index, table[metric], table[SE_COLUMN])
+            if is_number(v) and is_number(se)]
+    if len(rows) < 2:
+        return "Fewer than two rows with a value: nothing to compare."
+    (low, low_v, low_se), (high, high_v, high_se) = min(rows, key=lambda r: r[1]), max(rows, key=lambda r: r[1])
+    bound = 2 * math.hypot(low_se, high_se)
+    verdict = ("larger than that: the top and bottom rows differ by more than the dev sample explains (one seed, "
+               "so seed noise may still)" if high_v - low_v > bound else
+               "inside that: no row of this table can be ranked above another")
+    return (f"{metric}: from {low_v:.1f} ({low}) to {high_v:.1f} ({high}), a spread of {high_v - low_v:.1f} points; "
+            f"two standard errors of their difference are {bound:.1f} points, and the spread is {verdict}.")
