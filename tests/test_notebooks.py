@@ -141,6 +141,16 @@ def test_prose_that_quotes_a_number_no_output_holds_is_not_fit_to_commit():
     assert unsupported_numbers(_claims("At 90% sparsity with 10% warm-up, 8 layers (IJCAI 2022).", printed)) == []
 
 
+def test_for_commit_drops_progress_bar_widgets():
+    executed = _executed()
+    executed.cells[2].outputs.append(nbformat.v4.new_output(
+        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "0%|"}))
+    executed.metadata["widgets"] = {"state": {}}
+    committed = for_commit(executed, {"/tmp/run/out": "../out", "/home/me/pst": ".."})
+    assert len(committed.cells[1].outputs) == 2 and "widgets" not in committed.metadata
+    assert problems(committed) == []
+
+
 def test_progress_bars_and_widget_state_are_not_fit_to_commit():
     notebook = _executed()
     notebook.cells[2].outputs.append(nbformat.v4.new_output(

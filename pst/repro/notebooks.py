@@ -59,7 +59,8 @@ def _relative(text: str, replacements: Mapping[str, str]) -> str:
 
 
 def for_commit(executed: nbformat.NotebookNode, replacements: Mapping[str, str]) -> nbformat.NotebookNode:
-    """A copy of ``executed`` to commit as the notebook's source.
+    """A copy of ``executed`` to commit as the notebook's source: no injected parameters, no
+    timings, no progress-bar widgets, relative paths, stamped with its code digest.
 
     ``replacements``: absolute path -> what to show instead (longest first is applied first),
     e.g. the output folder -> ``../out``.
@@ -67,9 +68,12 @@ def for_commit(executed: nbformat.NotebookNode, replacements: Mapping[str, str])
     notebook = copy.deepcopy(executed)
     ordered = dict(sorted(replacements.items(), key=lambda item: -len(item[0])))
     notebook.cells = [cell for cell in notebook.cells if INJECTED_TAG not in cell.metadata.get("tags", [])]
+    notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        if "outputs" in cell:  # a progress bar drawn headless is a frozen "0%" widget: not an output to keep
+            cell.outputs = [output for output in cell.outputs if _WIDGET_MIME not in output.get("data", {})]
         for output in cell.get("outputs", []):
             if "text" in output:
                 output.text = _relative(output.text, ordered)

@@ -53,7 +53,7 @@ from .records import (
     read_results,
     selection_value,
 )
-from .score_structure import score_structure_outputs
+from .score_structure import score_reading, score_structure_outputs
 from .status import record_status_table
 from .tables import glue_table, nlg_table, selection_table
 
@@ -139,6 +139,6 @@ __all__ = [
     "best_runs", "build_report", "markdown_table", "show", "ablation_reading", "dev_size", "glue_examples", "glue_reading", "majority_share", "noise_table", "separated", "standard_error", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
     "method_name", "method_style", "nlg_table", "paper_results", "paper_value", "parameter_counts",
     "parameter_counts_table", "published", "published_table", "read_results", "record_status_table",
-    "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_structure_outputs",
+    "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_reading", "score_structure_outputs",
     "score_variant", "selection_table", "selection_value", "sparsity_figure", "sparsity_table", "training_loss_curves",
 ]
