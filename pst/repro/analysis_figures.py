@@ -164,7 +164,12 @@ def explained_share_figure(table: "pd.DataFrame", kinds: Sequence[str] = SHARE_K
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_ylabel("share of energy")
-    axes[0].legend(fontsize=7, loc="upper right")
+    legend = {}  # one legend for the figure, with the i.i.d. marks of the rank panel
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=7,
+                  frameon=False)
     axes[-1].set_xticks(x, labels, rotation=90, fontsize=6 if len(x) > 24 else 8)
     return figure
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..results import record_path
 from ..runstate import SCORES_SUFFIX, RunPaths
+from .columns import task_name
 from .files import save_figure, save_table
 from .records import ANALYSIS_EXPERIMENT, best_runs, get, load
 
@@ -108,8 +109,11 @@ def pst_score_terms_outputs(results_dir: str | os.PathLike, out_dir: str | os.Pa
         table.attrs["decimals"] = {c: 3 for c in table.columns if table[c].dtype.kind == "f"}
         table.attrs["note"] = _pst_note(record, partner if movement_file else None)
         written[f"tables/{name}"] = save_table(table, out_dir / "tables" / name)
-        title = f"PST's learned score, {task}\n({record['run_id']}, sparsity {get(record, 'mean_sparsity') or 0:.0%})"
-        written[f"figures/{name}"] = save_figure(analysis_pst.pst_terms_figure(table, title), out_dir / "figures" / name)
+        sparsity = get(record, "config.sparsity")
+        title = (f"PST's learned score, {task_name(task)} ({get(record, 'config.model', '?')}, "
+                 f"sparsity {get(record, 'mean_sparsity') or 0:.0%})")
+        figure = analysis_pst.pst_terms_figure(table, title, sparsity=sparsity)
+        written[f"figures/{name}"] = save_figure(figure, out_dir / "figures" / name)
     return written
 
 
