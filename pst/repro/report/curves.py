@@ -18,7 +18,7 @@ from ...methods import METHODS
 from ..glue_tasks import get_task
 from .columns import main_label, method_name, method_style, ordered_methods, task_name, task_sort_key
 from .files import panel_grid
-from .records import Records, best_runs, describe, get, glue_records, is_number, load
+from .records import Records, best_runs, describe, get, glue_records, group_sizes, is_number, load
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -40,7 +40,8 @@ def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | No
     the tasks to draw (default: every task with records, in the paper's order).
     Raises :class:`MissingCurveError` when a kept run has no ``evaluations``.
     """
-    chosen = _kept_runs(glue_records(results_dir, experiment), experiment, results_dir, tasks)
+    records = glue_records(results_dir, experiment)
+    chosen = _kept_runs(records, experiment, results_dir, tasks)
 
     def draw(ax: "Axes", task: str, method: str, record: dict) -> None:
         split, metric = get_task(task).eval_splits[0], record.get("main_metric") or get_task(task).main_metric
@@ -57,7 +58,7 @@ def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | No
         return f"dev {main_label(task)} (%)"
 
     title = f"{experiment}: dev metric against training step (dotted line and ring: the selected evaluation)"
-    return _curves(chosen, draw, ylabel, title)
+    return _curves(chosen, draw, ylabel, title, grid=_has_grid(records))
 
 
 def training_loss_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | None = None) -> "Figure":
@@ -78,7 +79,7 @@ def training_loss_curves(results_dir: Records, experiment: str, tasks: Sequence[
         ax.plot(*zip(*points), label=method_name(method), linewidth=1.5, markersize=3, **method_style(method))
 
     title = f"{experiment}: training loss against training step"
-    return _curves(chosen, draw, lambda task: "training loss", title)
+    return _curves(chosen, draw, lambda task: "training loss", title, grid=_has_grid(records))
 
 
 # --------------------------------------------------------------------------- shared
@@ -98,6 +99,11 @@ def _kept_runs(records: list[dict], experiment: str, source: Records, tasks: Seq
             raise ValueError(f"experiment {experiment!r} has no records of task(s) {missing}; it has {present}")
         present = [t for t in present if t in tasks]
     return {task: {m: best[(task, m)] for m in ordered_methods(m for t, m in best if t == task)} for task in present}
+
+
+def _has_grid(records: list[dict]) -> bool:
+    """Whether any task and method ran more than one configuration (a grid to choose from)."""
+    return bool(records) and max(group_sizes(records, ("task", "method")).values()) > 1
 
 
 def _points(record: dict, field: str) -> list[dict]:
@@ -126,7 +132,7 @@ def _schedule(record: dict) -> tuple[tuple, tuple] | None:
 
 
 def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable[[str], str], title: str,
-            ) -> "Figure":
+            grid: bool = True) -> "Figure":
     figure, axes = panel_grid(len(chosen), 4.2, 3.2, extra_height=0.9)
     legend: dict[str, object] = {}  # one legend for the figure: label -> handle
     for ax, (task, runs) in zip(axes, chosen.items()):
@@ -151,7 +157,8 @@ def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable
             legend.setdefault("sparsity schedule (right axis)", twin.get_lines()[0])
     models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for runs in chosen.values()
                      for r in runs.values()})
-    text = f"{title}. Per method the run its grid search kept; model: {', '.join(models)}"
+    kept = "the best run of its grid" if grid else "its run (no grid)"
+    text = f"{title}. Per method {kept}; model: {', '.join(models)}"
     figure.suptitle(textwrap.fill(text, width=int(11 * figure.get_figwidth())), fontsize=10)  # ~11 characters an inch
     figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=8,
                   frameon=False)
