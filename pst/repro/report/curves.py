@@ -18,6 +18,7 @@ from ...methods import METHODS
 from ..glue_tasks import get_task
 from .columns import main_label, method_name, method_style, ordered_methods, task_name, task_sort_key
 from .files import panel_grid
+from .noise import majority_share
 from .records import Records, best_runs, describe, get, glue_records, group_sizes, is_number, load
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | No
     """Dev main metric (primary dev split, percent) against the optimizer step, one panel per task.
 
     One line per method for the run its grid search kept, a dotted vertical line (and a hollow
-    ring) at the evaluation that run selected, and the sparsity schedule in grey on a twin axis;
-    one legend below the panels. ``tasks``:
+    ring) at the evaluation that run selected, the dev set's majority class as a dotted black
+    line (classification), and the sparsity schedule in grey on a twin axis; one legend below
+    the panels. ``tasks``:
     the tasks to draw (default: every task with records, in the paper's order).
     Raises :class:`MissingCurveError` when a kept run has no ``evaluations``.
     """
@@ -45,6 +47,9 @@ def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | No
 
     def draw(ax: "Axes", task: str, method: str, record: dict) -> None:
         split, metric = get_task(task).eval_splits[0], record.get("main_metric") or get_task(task).main_metric
+        majority = majority_share(record) if method == next(iter(chosen[task])) else None
+        if majority is not None:  # chance for accuracy: always answering the commonest label
+            ax.axhline(majority, color="black", linestyle=":", linewidth=1.0, label="majority class", gid="majority")
         points = [(e["step"], _percent(get(e, f"metrics.{split}.{metric}"))) for e in _points(record, "evaluations")]
         ax.plot(*zip(*points), label=method_name(method), linewidth=1.5, markersize=4, **method_style(method))
         selected = get(record, "selected.step")
@@ -155,6 +160,8 @@ def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable
             legend.setdefault(label, handle)
         if schedules:
             legend.setdefault("sparsity schedule (right axis)", twin.get_lines()[0])
+    if "majority class" in legend:  # the reference last, after the methods and the schedule
+        legend["majority class"] = legend.pop("majority class")
     models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for runs in chosen.values()
                      for r in runs.values()})
     kept = "the best run of its grid" if grid else "its run (no grid)"

@@ -2,7 +2,8 @@
 
 One seed per configuration leaves one source of noise we can still put a number on: the dev
 set is a sample. For accuracy (and F1, read as a proportion) the standard error is
-``sqrt(p (1 - p) / n)``; for a correlation (Pearson, Spearman, Matthews) ``(1 - r^2) / sqrt(n - 3)``
+``sqrt(p (1 - p) / n)`` with ``p`` taken as ``(k + 1) / (n + 2)`` for ``k`` of ``n`` right (Laplace's
+rule, so that 100% on 128 examples is not certain); for a correlation (Pearson, Spearman, Matthews) ``(1 - r^2) / sqrt(n - 3)``
 (the delta method on Fisher's z). Seed-to-seed variation comes on top, so a gap inside two
 standard errors is certainly noise, and one outside may still be.
 """
@@ -55,7 +56,8 @@ def standard_error(record: Mapping | None) -> float | None:
     n = dev_size(record)
     if get_task(record["task"]).main_metric in _CORRELATIONS:
         return 100.0 * (1.0 - value ** 2) / math.sqrt(max(n - 3, 1))
-    return 100.0 * math.sqrt(value * (1.0 - value) / n)
+    p = (value * n + 1.0) / (n + 2.0)
+    return 100.0 * math.sqrt(p * (1.0 - p) / n)
 
 
 def separated(a: Mapping, b: Mapping) -> bool:
@@ -98,6 +100,6 @@ def noise_table(results_dir: Records, experiment: str) -> "Any":
     frame = pd.DataFrame.from_dict(rows, orient="index").astype(object)
     frame.index.name = "Task"
     frame.attrs["note"] = (f"{experiment}: main dev metric (percent) ± one standard error from the dev set's size "
-                           "(accuracy: sqrt(p(1-p)/n); correlation: (1-r²)/sqrt(n-3)); one seed, so seed-to-seed "
+                           "(accuracy: sqrt(p(1-p)/n), p = (k+1)/(n+2); correlation: (1-r²)/sqrt(n-3)); one seed, so seed-to-seed "
                            "variation comes on top. 'Separated': the gap exceeds two standard errors of the difference.")
     return frame

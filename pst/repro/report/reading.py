@@ -48,7 +48,7 @@ def _task_sentence(task: str, runs: dict[str, dict]) -> str:
         verdict = (f"{method_name(top)} is ahead of {', '.join(beaten)} by more than two standard errors; "
                    "the others cannot be ranked")
     else:
-        verdict = "every gap is inside two standard errors: the methods cannot be ranked here"
+        verdict = "Every gap is inside two standard errors: the methods cannot be ranked here"
     sentence = f"- {head}: {values}. {verdict}."
     below = [method_name(m) for m, r in scored.items()
              if majority is not None and main_percent(r) - majority <= 2 * standard_error(r)]
@@ -58,10 +58,10 @@ def _task_sentence(task: str, runs: dict[str, dict]) -> str:
     if held:
         value = {round(main_percent(runs[m]), 1) for m in held}
         right = {round(main_percent(runs[m]) * n / 100) for m in held}
-        sentence += (f" Plateau: {', '.join(method_name(m) for m in held)} kept a value held at "
-                     f"{' / '.join(str(c) for c in held.values())} evaluations ({', '.join(f'{v:.1f}' for v in sorted(value))}%"
-                     f", {' / '.join(str(r) for r in sorted(right))} of {n} right): a value the run sat on, not a "
-                     "learning curve, read it as a solution that stopped improving rather than as slow learning.")
+        sentence += (f" Plateau: the kept value of {', '.join(method_name(m) for m in held)} "
+                     f"({', '.join(f'{v:.1f}' for v in sorted(value))}%, {' / '.join(str(r) for r in sorted(right))} of {n} "
+                     f"right) is held at {' / '.join(str(c) for c in held.values())} of its evaluations: the run sat "
+                     "on that solution, so read it as stalled, not as slow learning.")
     return sentence
 
 
