@@ -139,6 +139,7 @@ def test_prose_that_quotes_a_number_no_output_holds_is_not_fit_to_commit():
     assert len(unsupported_numbers(_claims("6.9 and 159.2", printed))) == 2
     # settings of the paper, plain integers and years are not result claims
     assert unsupported_numbers(_claims("At 90% sparsity with 10% warm-up, 8 layers (IJCAI 2022).", printed)) == []
+    assert unsupported_numbers(_claims("Try `-p model=meta-llama/Llama-3.2-1B`.", printed)) == []  # a name in code
 
 
 def test_for_commit_drops_progress_bar_widgets():

@@ -37,6 +37,7 @@ RESULT_NUMBER = re.compile(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d+\.\d+|\d+(?=\s?%)
 #: Settings of the paper and of the profiles that prose may state without an output holding
 #: them: sparsity targets and the schedule's warm-up and cool-down shares (percent).
 SETTING_NUMBERS = frozenset({"10", "30", "50", "90"})
+_CODE_SPAN = re.compile(r"`[^`]*`")
 
 
 def code_digest(notebook: nbformat.NotebookNode) -> str:
@@ -118,7 +119,8 @@ def unsupported_numbers(notebook: nbformat.NotebookNode) -> list[str]:
     """Result numbers that a markdown cell states and no output or code cell of the notebook holds.
 
     Each entry names the cell and the number. Settings of the paper (:data:`SETTING_NUMBERS`)
-    are allowed; everything else a sentence quotes must be visible beside it.
+    and numbers inside inline code (names, commands) are allowed; everything else a sentence
+    quotes must be visible beside it.
     """
     values = _printed_values("\n".join([cell.source for cell in notebook.cells if cell.cell_type == "code"]
                                        + [text for cell in notebook.cells for text in _output_texts(cell)]))
@@ -126,9 +128,10 @@ def unsupported_numbers(notebook: nbformat.NotebookNode) -> list[str]:
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "markdown":
             continue
-        for match in RESULT_NUMBER.finditer(cell.source):
+        prose = _CODE_SPAN.sub("", cell.source)  # `meta-llama/Llama-3.2-1B` names a thing, it claims nothing
+        for match in RESULT_NUMBER.finditer(prose):
             number = match.group(1)
-            percent = cell.source[match.end():].lstrip().startswith("%")
+            percent = prose[match.end():].lstrip().startswith("%")
             if number not in SETTING_NUMBERS and not _holds(values, number, percent):
                 found.append(f"cell {index}: the prose states {number}, which no output holds")
     return list(dict.fromkeys(found))
