@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -183,8 +184,8 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
     if tasks:
         figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(methods),
                       fontsize=8, frameon=False)
-    figure.suptitle(f"Dev metric against sparsity, bars ± 2 standard errors of the dev set\n(model: {', '.join(models)})",
-                    fontsize=10)
+    text = f"Dev metric against sparsity (model: {', '.join(models)}); bars: ± 2 standard errors of the dev set"
+    figure.suptitle(textwrap.fill(text, width=int(11 * figure.get_figwidth())), fontsize=10)  # ~11 characters an inch
     if path_stem is not None:
         save_figure(figure, path_stem)
     return figure
