@@ -90,8 +90,8 @@ def ablation_reading(table: "Any") -> str:
         return "Fewer than two rows with a value: nothing to compare."
     (low, low_v, low_se), (high, high_v, high_se) = min(rows, key=lambda r: r[1]), max(rows, key=lambda r: r[1])
     bound = 2 * math.hypot(low_se, high_se)
-    verdict = ("larger than that: the top and bottom rows differ by more than the dev sample explains (one seed, "
-               "so seed noise may still)" if high_v - low_v > bound else
+    verdict = ("larger than that: the top and bottom rows differ by more than the dev sample alone explains (with "
+               "one seed, seed-to-seed variation still may)" if high_v - low_v > bound else
                "inside that: no row of this table can be ranked above another")
     return (f"{metric}: from {low_v:.1f} ({low}) to {high_v:.1f} ({high}), a spread of {high_v - low_v:.1f} points; "
             f"two standard errors of their difference are {bound:.1f} points, and the spread is {verdict}.")
