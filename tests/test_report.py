@@ -503,4 +503,4 @@ def test_the_ablation_reading_says_when_its_spread_is_noise(tmp_path: Path) -> N
     assert reading.startswith("SST-2 (acc): from 78.0 (|W'|) to 80.0 (|W'| + AB + R + C), a spread of 2.0 points")
     assert "no row of this table can be ranked" in reading
     glue_record(results, "ablation-score", "sst2", "pst", 0.40, pst=SCORE_VARIANTS["|W'| + AB"])
-    assert "differ by more than the dev sample explains" in report.ablation_reading(report.score_ablation_table(results))
+    assert "differ by more than the dev sample alone explains" in report.ablation_reading(report.score_ablation_table(results))
