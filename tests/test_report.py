@@ -504,3 +504,11 @@ def test_the_ablation_reading_says_when_its_spread_is_noise(tmp_path: Path) -> N
     assert "no row of this table can be ranked" in reading
     glue_record(results, "ablation-score", "sst2", "pst", 0.40, pst=SCORE_VARIANTS["|W'| + AB"])
     assert "differ by more than the dev sample alone explains" in report.ablation_reading(report.score_ablation_table(results))
+
+
+def test_a_table_without_an_average_says_why_in_its_note(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    glue_record(results, "glue-roberta", "sst2", "pst", 0.9)
+    glue_record(results, "glue-roberta", "stsb", "pst", 0.3, source="bundled")
+    note = report.glue_table(results, "glue-roberta").attrs["note"]
+    assert "No average: the tasks mix synthetic and real data" in note and "Avg (main metrics)" not in note

@@ -38,6 +38,7 @@ from .records import (
     get,
     glue_records,
     group_sizes,
+    is_number,
     load,
     nlg_records,
     selection_value,
@@ -77,11 +78,14 @@ def glue_table(results_dir: Records, experiment: str, paper: bool = True) -> "pd
             published = published_rows(experiment, method, columns, extra, all_tasks=len(tasks) == len(GLUE_ORDER))
             rows.update(published or {method_name(method) + PAPER_SUFFIX: paper_row(experiment, method, columns, extra)})
     decimals = {label: 1 for label in (SPARSITY_COLUMN, AVERAGE_COLUMN, *(c.label for c in columns))}
+    averaged = len(sources) == 1 or any(is_number(row.get(AVERAGE_COLUMN)) for row in rows.values())
+    average_note = (f"'{AVERAGE_COLUMN}': mean of MNLI-m acc, QQP F1, QNLI/SST-2/RTE acc, CoLA MCC, STS-B Pearson, "
+                    "MRPC F1 over the tasks shown. " if averaged else
+                    "No average: the tasks mix synthetic and real data. ")
     note = (f"{experiment}: GLUE dev sets, best run of the grid per task and method (selected by the task's "
             "main metric on the primary dev split, among evaluations at the target sparsity). Percent. "
-            f"'{AVERAGE_COLUMN}': mean of MNLI-m acc, QQP F1, QNLI/SST-2/RTE acc, CoLA MCC, STS-B Pearson, "
-            "MRPC F1 over the tasks shown, only where they ran on one kind of data (not synthetic and real "
-            "together). Rows 'reported by ...' are another paper's runs, one number per task, shown in the column of "
+            + average_note +
+            "Rows 'reported by ...' are another paper's runs, one number per task, shown in the column of "
             f"the task's main metric. '{MISSING}': no run, or no sourced value.")
     table = frame(rows, "Method", decimals, note)
     if AVERAGE_COLUMN in table.columns and (table[AVERAGE_COLUMN] == MISSING).all():
