@@ -356,4 +356,8 @@ def test_heatmap_figure(scores_by_layer):
 def test_short_names():
     names = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.output.dense",
              "bert.encoder.layer.11.intermediate.dense", "bert.encoder.layer.11.output.dense"]
-    assert short_names(names) == ["0.query", "0.attn.out", "11.ffn.in", "11.ffn.out"]
+    assert short_names(names) == ["L0 query", "L0 attn.out", "L11 ffn.in", "L11 ffn.out"]
+    # alone or among layers of one block, attention.output.dense is still the attention output of block 0
+    assert short_names(["bert.encoder.layer.0.attention.output.dense"]) == ["L0 attn.out"]
+    assert short_names(["bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.attention.self.key"]) == [
+        "L0 attn.out", "L0 key"]

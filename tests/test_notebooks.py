@@ -9,7 +9,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pst.repro.notebooks import INJECTED_TAG, METADATA_KEY, PARAMETERS_TAG, code_digest, for_commit, problems
+from pst.repro.notebooks import (
+    INJECTED_TAG,
+    METADATA_KEY,
+    PARAMETERS_TAG,
+    code_digest,
+    for_commit,
+    problems,
+    unsupported_numbers,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -106,3 +114,50 @@ def test_update_notebooks_refuses_anything_but_the_smoke_defaults(capsys):
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert "--update-notebooks writes the smoke run" in capsys.readouterr().err
+
+
+def _claims(prose, printed):
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("print(table)", outputs=[nbformat.v4.new_output("stream", name="stdout", text=printed)]),
+        nbformat.v4.new_markdown_cell(prose),
+    ]
+    return notebook
+
+
+def test_prose_that_quotes_a_number_no_output_holds_is_not_fit_to_commit():
+    printed = "PST 56.9  MaP 59.2  params 30464  share 82.3%\n"
+    assert unsupported_numbers(_claims("PST reaches 56.9% against MaP's 59.2, with 30,464 parameters; 82.3% kept.",
+                                       printed)) == []
+    assert unsupported_numbers(_claims("82% kept, a share of 0.82; PST at 57% of 100", "share 0.823 57.1\n")) == []
+    doctored = _claims("PST reaches 57.9% against MaP's 59.2; 83% of its weights are kept.", printed)
+    found = unsupported_numbers(doctored)
+    assert found == ["cell 1: the prose states 57.9, which no output holds",
+                     "cell 1: the prose states 83, which no output holds"]
+    assert found[0] in problems(doctored)
+    # a number inside a longer one is not held: 6.9 is not 56.9, 159.2 is not 59.2
+    assert len(unsupported_numbers(_claims("6.9 and 159.2", printed))) == 2
+    # settings of the paper, plain integers and years are not result claims
+    assert unsupported_numbers(_claims("At 90% sparsity with 10% warm-up, 8 layers (IJCAI 2022).", printed)) == []
+    assert unsupported_numbers(_claims("Try `-p model=meta-llama/Llama-3.2-1B`.", printed)) == []  # a name in code
+
+
+def test_for_commit_drops_progress_bar_widgets():
+    executed = _executed()
+    executed.cells[2].outputs.append(nbformat.v4.new_output(
+        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "0%|"}))
+    executed.metadata["widgets"] = {"state": {}}
+    committed = for_commit(executed, {"/tmp/run/out": "../out", "/home/me/pst": ".."})
+    assert len(committed.cells[1].outputs) == 2 and "widgets" not in committed.metadata
+    assert problems(committed) == []
+
+
+def test_progress_bars_and_widget_state_are_not_fit_to_commit():
+    notebook = _executed()
+    notebook.cells[2].outputs.append(nbformat.v4.new_output(
+        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "bar"}))
+    notebook.cells[2].outputs.append(nbformat.v4.new_output("stream", name="stderr", text="run:  0%|    | 0/16 [00:00]"))
+    notebook.metadata["widgets"] = {"state": {}}
+    found = problems(notebook)
+    assert "notebook metadata holds widget state" in found
+    assert sum("progress bar or widget" in p for p in found) == 2

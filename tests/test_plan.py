@@ -61,7 +61,7 @@ def test_every_planned_experiment_has_a_place_in_the_report():
     assert names == set(KNOWN_EXPERIMENTS)
 
 
-@pytest.mark.parametrize(("profile", "planned", "distinct"), [("smoke", 52, 48), ("paper", 553, 529)])
+@pytest.mark.parametrize(("profile", "planned", "distinct"), [("smoke", 55, 48), ("paper", 553, 529)])
 def test_runs_shared_by_experiments_are_one_run(profile, planned, distinct):
     plans = [profiles.plan(name, profile) for name in profiles.NOTEBOOK_PLANS]
     runs = [config.run_id for plan in plans for experiment in plan.values() for config in experiment.runs]
@@ -71,6 +71,9 @@ def test_runs_shared_by_experiments_are_one_run(profile, planned, distinct):
     full_score = {c.run_id for c in ablations["ablation-score"].runs if not c.pst}
     ranks_8_8 = {c.run_id for c in ablations["ablation-rank"].runs if not c.pst}
     assert full_score and full_score == ranks_8_8 and full_score <= glue_bert
+    at_90 = {c.run_id for c in ablations["ablation-sparsity"].runs if c.sparsity == 0.9}
+    assert {c.sparsity for c in ablations["ablation-sparsity"].runs} >= {0.5, 0.9}  # APT's two points
+    assert at_90 and (profile == "paper" or at_90 <= glue_bert)
     analysis = profiles.plan("03_importance_scores", profile)["analysis"]
     assert analysis.save_scores and {c.run_id for c in analysis.runs} <= glue_bert
 
@@ -160,14 +163,14 @@ def fake_training(monkeypatch):
 def test_a_run_shared_by_experiments_trains_once_and_belongs_to_each(fake_training, tmp_path):
     workspace = Workspace.at(tmp_path)
     plan = profiles.plan("07_ablations", "smoke")
-    glue_bert = profiles.plan("04_glue_bert", "smoke", tasks=["sst2"], methods=["pst"])["glue-bert"]
+    glue_bert = profiles.plan("04_glue_bert", "smoke", tasks=["stsb"], methods=["pst"])["glue-bert"]
     for experiment in (glue_bert, *plan.values()):
         experiment_runner.run_experiment(experiment, workspace)
     shared = glue_bert.runs[0].run_id
     assert fake_training.count(shared) == 1 and len(fake_training) == len(set(fake_training))
     members = memberships(workspace.results)
     assert [name for name, runs in members.items() if shared in runs] == [
-        "ablation-rank", "ablation-score", "glue-bert"]
+        "ablation-rank", "ablation-score", "ablation-sparsity", "glue-bert"]
 
 
 def test_force_in_a_session_redoes_a_shared_run_once(fake_training, tmp_path, monkeypatch):

@@ -49,10 +49,11 @@ def add_member(results: Path, experiment: str, rid: str) -> None:
 
 
 def glue_record(results: Path, experiment: str, task: str, method: str, value: float, lr: float = 1e-4,
-                epochs: int = 20, sparsity: float = 0.9, pst: dict | None = None, added: int = 30464) -> dict:
+                epochs: int = 20, sparsity: float = 0.9, pst: dict | None = None, added: int = 30464,
+                source: str = "synthetic") -> dict:
     """A GLUE record with the runner's structure; every metric is ``value`` plus a fixed offset."""
     pst = dict(pst or {})
-    config = {"batch_size": 32, "data_dir": None, "data_source": "synthetic", "epochs": epochs,
+    config = {"batch_size": 32, "data_dir": None, "data_source": source, "epochs": epochs,
               "eval_batch_size": 128, "learning_rate": lr, "max_length": 128,
               "method": method, "model": "tiny:bert", "pst": pst, "seed": 0,
               "sparsity": sparsity, "synthetic_sizes": None, "task": task, "warmup_steps": 0, "weight_decay": 0.0}
@@ -144,15 +145,18 @@ def test_nan_never_wins_and_nlg_selects_by_bleu(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- GLUE
 
 
-def test_glue_table_layout_values_and_paper_rows(glue_results: Path) -> None:
+APT = "reported by APT (ICML 2024, Table 7)"
+
+
+def test_glue_table_layout_values_and_published_rows(glue_results: Path) -> None:
     table = report.glue_table(glue_results, "glue-bert")
-    assert list(table.index) == ["PST", "PST (paper)", "MaP", "MaP (paper)", "MvP", "MvP (paper)",
+    published = [f"{m} at {s}%, {APT}" for m in ("PST", "MaP", "MvP") for s in (90, 50)]
+    assert list(table.index) == ["PST", *published[0:2], "MaP", *published[2:4], "MvP", *published[4:6],
                                  "Dense fine-tuning", "Dense fine-tuning (paper)"]
     assert list(table.columns) == ["Sparsity (%)", "MNLI-m (acc)", "MNLI-mm (acc)", "SST-2 (acc)", "STS-B (Pearson)",
                                    "STS-B (Spearman)", "MRPC (acc)", "MRPC (F1)", "Avg (main metrics)"]
-    ours = table.loc[[i for i in table.index if not i.endswith("(paper)")]]
-    paper = table.loc[[i for i in table.index if i.endswith("(paper)")]]
-    assert (paper == DASH).all().all()  # the paper's numbers are not available: never invented
+    ours = table.loc[["PST", "MaP", "MvP", "Dense fine-tuning"]]
+    assert (table.loc["Dense fine-tuning (paper)"] == DASH).all()  # no sourced number: never invented
     values = ours.drop(columns="Sparsity (%)").to_numpy(dtype=float)
     assert ((values > 1) & (values <= 100)).all()  # percentages, finite
     assert table.loc["PST", "SST-2 (acc)"] == 80.0
@@ -162,6 +166,36 @@ def test_glue_table_layout_values_and_paper_rows(glue_results: Path) -> None:
     # average of the main metrics: MNLI-m 80, SST-2 80, STS-B Pearson 80, MRPC F1 81
     assert table.loc["PST", "Avg (main metrics)"] == round((80 + 80 + 80 + 81) / 4, 1)
     assert table.loc["PST", "Sparsity (%)"] == 90.0 and table.loc["Dense fine-tuning", "Sparsity (%)"] == 0.0
+    # APT's one number per task sits in the task's main-metric column; its 8-task average is not
+    # shown beside a table of four tasks
+    apt = table.loc[f"PST at 90%, {APT}"]
+    assert (apt["Sparsity (%)"], apt["MNLI-m (acc)"], apt["SST-2 (acc)"], apt["STS-B (Pearson)"], apt["MRPC (F1)"]) == (
+        90.0, 79.6, 89.0, 81.3, 83.6)
+    assert apt["MNLI-mm (acc)"] == apt["STS-B (Spearman)"] == apt["MRPC (acc)"] == apt["Avg (main metrics)"] == DASH
+    assert table.loc[f"MaP at 50%, {APT}", "SST-2 (acc)"] == 91.0
+    assert "APT" in table.attrs["note"] or "reported by" in table.attrs["note"]
+
+
+def test_published_table_is_apt_table_7_with_its_source() -> None:
+    table = report.published_table("glue-bert")
+    assert list(table.columns) == ["MNLI", "QQP", "QNLI", "SST-2", "CoLA", "STS-B", "MRPC", "RTE", "Avg"]
+    assert list(table.loc["PST at 90%"]) == [79.6, 86.1, 86.6, 89.0, 38.0, 81.3, 83.6, 63.2, 75.9]
+    assert list(table.loc["MvP at 50%"]) == [82.3, 87.3, 90.8, 90.8, 57.7, 89.4, 91.1, 67.2, 82.1]
+    for row in table.itertuples(index=False):  # the reported average is the mean of the eight tasks
+        assert abs(sum(row[:8]) / 8 - row[8]) <= 0.1  # each printed to one decimal
+    note = table.attrs["note"]
+    assert "APT" in note and "ICML 2024" in note and "Table 7" in note and "not the PST paper's own" in note
+    assert "MNLI -> MNLI-m (acc)" in note and "STS-B -> STS-B (Pearson)" in note
+    assert report.published("glue-roberta") is None and report.published("nlg-gpt2") is None
+
+
+def test_glue_table_never_averages_synthetic_and_real_tasks(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    glue_record(results, "glue-roberta", "sst2", "pst", 0.9)  # synthetic
+    glue_record(results, "glue-roberta", "stsb", "pst", 0.3, source="bundled")
+    table = report.glue_table(results, "glue-roberta")
+    assert "Avg (main metrics)" not in table.columns
+    assert table.loc["PST", "SST-2 (acc)"] == 90.0 and table.loc["PST", "STS-B (Pearson)"] == 30.0
 
 
 def test_glue_table_missing_run_shows_dash_and_no_average(tmp_path: Path) -> None:
@@ -279,12 +313,23 @@ def test_ablation_tables(tmp_path: Path) -> None:
     assert sparsity.loc["80%", "SST-2 (acc) MaP"] == round(100 * (0.9 - 0.24 - 0.01), 1)
 
 
+def test_a_single_task_ablation_shows_its_standard_error_not_an_average(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for variant, value in (("|W'|", 0.7), ("|W'| + AB + R + C", 0.8)):
+        glue_record(results, "ablation-score", "sst2", "pst", value, pst=SCORE_VARIANTS[variant])
+    table = report.score_ablation_table(results)
+    assert list(table.columns) == ["SST-2 (acc)", "± SE"]
+    assert table.loc["|W'|", "± SE"] == pytest.approx(100 * math.sqrt(0.7 * 0.3 / 128), abs=0.1)
+
+
 def test_sparsity_figure_is_a_valid_image(tmp_path: Path) -> None:
     results = _ablation_results(tmp_path)
     figure = report.sparsity_figure(results, tmp_path / "figs" / "sweep")
     axes = [ax for ax in figure.axes if ax.get_title()]
     assert [ax.get_title() for ax in axes] == ["SST-2 (acc)", "MRPC (F1)"]
-    assert len(axes[0].get_lines()) == 3 and axes[0].get_xlabel() == "target sparsity (%)"
+    assert len(axes[0].containers) == 3 and axes[0].get_xlabel() == "target sparsity (%)"  # error bars, one per method
+    assert axes[0].get_ylim() == (0.0, 100.0)  # the whole scale: one dev example is not magnified
+    assert all(ax.get_legend() is None for ax in figure.axes) and len(figure.legends) == 1
     with Image.open(tmp_path / "figs" / "sweep.png") as image:
         image.verify()
     with Image.open(tmp_path / "figs" / "sweep.png") as image:
@@ -301,7 +346,8 @@ def test_save_table_writes_md_tex_csv(glue_results: Path, tmp_path: Path) -> Non
     assert [p.name for p in paths] == ["glue.md", "glue.tex", "glue.csv"]
     assert all(p.stat().st_size > 0 for p in paths)
     markdown = paths[0].read_text(encoding="utf-8")
-    assert "| PST (paper)" in markdown and DASH in markdown and "80.0" in markdown
+    assert "| Dense fine-tuning (paper)" in markdown and DASH in markdown and "80.0" in markdown
+    assert "reported by APT (ICML 2024, Table 7)" in markdown
     latex = paths[1].read_text(encoding="utf-8")
     assert "\\begin{tabular}" in latex and "Sparsity (\\%)" in latex
     back = pd.read_csv(paths[2], index_col=0)
@@ -337,8 +383,9 @@ def test_paper_results_file_has_structure_and_no_invented_numbers() -> None:
 def test_build_report_with_some_experiments(glue_results: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     written = report.build_report(glue_results, out)
-    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status", "tables/glue_bert",
-                            "tables/glue_bert_selection", "figures/curves_glue_bert"}
+    assert set(written) == {"tables/criteria", "tables/parameter_counts", "tables/record_status",
+                            "tables/published_glue_bert", "tables/glue_bert", "tables/glue_bert_selection",
+                            "tables/glue_bert_noise", "figures/curves_glue_bert"}
     for paths in written.values():
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert not (out / "tables" / "glue_roberta.md").exists()
@@ -353,8 +400,8 @@ def test_build_report_with_every_experiment(tmp_path: Path) -> None:
     glue_record(results, "someone-elses-experiment", "rte", "pst", 0.7)
     out = tmp_path / "out"
     written = report.build_report(results, out)
-    expected = {"criteria", "parameter_counts", "record_status", "glue_bert", "glue_bert_selection", "glue_roberta",
-                "glue_roberta_selection", "nlg_gpt2", "nlg_gpt2_selection", "analysis_runs", "ablation_score",
+    expected = {"criteria", "parameter_counts", "record_status", "published_glue_bert", "glue_bert", "glue_bert_selection",
+                "glue_bert_noise", "glue_roberta", "glue_roberta_selection", "glue_roberta_noise", "nlg_gpt2", "nlg_gpt2_selection", "analysis_runs", "ablation_score",
                 "ablation_rank", "ablation_sparsity"}
     figures = {"ablation_sparsity", "curves_glue_bert", "curves_glue_roberta"}  # NLG: a record without training log
     assert set(written) == {f"tables/{name}" for name in expected} | {f"figures/{name}" for name in figures}
@@ -412,3 +459,56 @@ def test_the_report_reads_what_experiments_refer_to_and_says_what_it_leaves_out(
     kept = report.glue_table(report.read_results(results, keep_stale=True), "glue-bert", paper=False)
     assert list(kept.index) == ["PST", "MaP", "MvP"]
     assert report.record_status_table(results, keep_stale=True).loc["glue-bert", "In tables"] == 3
+
+
+def test_standard_errors_come_from_the_dev_set_and_decide_what_may_be_ranked(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    pst = glue_record(results, "glue-bert", "sst2", "pst", 0.80)
+    close = glue_record(results, "glue-bert", "sst2", "magnitude", 0.78)
+    far = glue_record(results, "glue-bert", "sst2", "movement", 0.50)
+    n = report.dev_size(pst)
+    assert n > 0
+    p = (0.8 * n + 1) / (n + 2)  # Laplace's rule: 100% right is not certain
+    assert report.standard_error(pst) == pytest.approx(100 * math.sqrt(p * (1 - p) / n))
+    assert not report.separated(pst, close) and report.separated(pst, far)
+    stsb = glue_record(results, "glue-bert", "stsb", "pst", 0.5)
+    assert report.standard_error(stsb) == pytest.approx(100 * 0.75 / math.sqrt(report.dev_size(stsb) - 3))
+    table = report.noise_table(results, "glue-bert")
+    assert table.loc["SST-2", "Best, and the methods it is separated from"] == "PST; MvP"
+    assert table.loc["SST-2", "PST"] == f"80.0 ± {report.standard_error(pst):.1f}"
+
+
+def test_the_reading_ranks_only_what_the_noise_separates_and_names_plateaus(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    glue_record(results, "glue-bert", "sst2", "pst", 0.80)
+    glue_record(results, "glue-bert", "sst2", "magnitude", 0.79)
+    glue_record(results, "glue-bert", "rte", "pst", 0.95)
+    held = glue_record(results, "glue-bert", "rte", "magnitude", 0.50)
+    held["evaluations"] = [{**held["evaluations"][0], "step": step} for step in (10, 20, 30)]
+    write_record(record_path(results, held["run_id"]), held)
+    reading = report.glue_reading(results, "glue-bert")
+    sst2, rte = reading.splitlines()
+    assert sst2.startswith("- **SST-2** (synthetic, 128 dev examples; majority class")
+    assert "cannot be ranked" in sst2 and "PST 80.0 ±" in sst2
+    assert "PST is ahead of every other method by more than two standard errors" in rte
+    assert "At the majority class (within two standard errors): MaP" in rte
+    assert "Plateau: the kept value of MaP (50.0%" in rte and "is held at 3 of its evaluations" in rte
+
+
+def test_the_ablation_reading_says_when_its_spread_is_noise(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for variant, value in (("|W'|", 0.78), ("|W'| + AB + R + C", 0.80)):
+        glue_record(results, "ablation-score", "sst2", "pst", value, pst=SCORE_VARIANTS[variant])
+    reading = report.ablation_reading(report.score_ablation_table(results))
+    assert reading.startswith("SST-2 (acc): from 78.0 (|W'|) to 80.0 (|W'| + AB + R + C), a spread of 2.0 points")
+    assert "no row of this table can be ranked" in reading
+    glue_record(results, "ablation-score", "sst2", "pst", 0.40, pst=SCORE_VARIANTS["|W'| + AB"])
+    assert "differ by more than the dev sample alone explains" in report.ablation_reading(report.score_ablation_table(results))
+
+
+def test_a_table_without_an_average_says_why_in_its_note(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    glue_record(results, "glue-roberta", "sst2", "pst", 0.9)
+    glue_record(results, "glue-roberta", "stsb", "pst", 0.3, source="bundled")
+    note = report.glue_table(results, "glue-roberta").attrs["note"]
+    assert "No average: the tasks mix synthetic and real data" in note and "Avg (main metrics)" not in note

@@ -43,7 +43,8 @@ def _panels(figure) -> list:
 
 
 def _method_lines(ax) -> dict[str, object]:
-    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    return {line.get_label(): line for line in ax.get_lines()
+            if not line.get_label().startswith("_") and line.get_gid() != "majority"}
 
 
 @pytest.fixture
@@ -129,3 +130,21 @@ def test_build_report_draws_the_curves_and_leaves_out_what_records_cannot_show(c
     assert f"figure curves_nlg_gpt2 left out: run '{old['run_id']}' has no 'training_log'" in caplog.text
     with_curves(curve_results, old, None, SCHEDULE)
     assert "figures/curves_nlg_gpt2" in report.build_report(curve_results, tmp_path / "out")
+
+
+def test_curves_have_one_legend_for_the_figure(curve_results: Path) -> None:
+    record = glue_record(curve_results, "glue-bert", "mrpc", "pst", 0.8)
+    with_curves(curve_results, record, [_evaluation(5, 0.7, 0.5), _evaluation(10, 0.8, 0.9)], None)
+    figure = report.glue_curves(curve_results, "glue-bert")
+    assert all(ax.get_legend() is None for ax in figure.axes)
+    (legend,) = figure.legends
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels == ["PST", "MaP", "Dense fine-tuning", "sparsity schedule (right axis)", "majority class"]
+
+
+def test_glue_curves_draw_the_majority_class(curve_results: Path) -> None:
+    figure = report.glue_curves(curve_results, "glue-bert")
+    (ax,) = _panels(figure)
+    (majority,) = [line for line in ax.get_lines() if line.get_gid() == "majority"]
+    assert 0 < majority.get_ydata()[0] < 100
+    assert "majority class" in [text.get_text() for text in figure.legends[0].get_texts()]

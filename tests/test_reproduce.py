@@ -217,7 +217,9 @@ def test_a_failing_notebook_is_reported_and_the_others_still_run(tmp_path, monke
 # -- the whole smoke reproduction ----------------------------------------------------------------
 
 EXPECTED_TABLES = {
-    "glue_bert": ["PST", "PST (paper)", "MaP", "MvP", "Dense fine-tuning"],
+    "glue_bert": ["PST", "PST at 90%, reported by APT (ICML 2024, Table 7)", "MaP", "MvP", "Dense fine-tuning"],
+    "glue_bert_noise": ["MNLI", "QNLI", "SST-2", "STS-B"],
+    "published_glue_bert": ["MaP at 90%", "MvP at 50%", "PST at 90%"],
     "glue_roberta": ["PST", "MaP", "MvP", "Dense fine-tuning"],
     "nlg_gpt2": ["PST", "MaP", "MvP"],
     "ablation_score": None, "ablation_rank": None, "ablation_sparsity": None,

@@ -28,32 +28,33 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-#: Readable names for BERT-like sublayers, applied after the common prefix is removed.
+#: Readable names for BERT-like sublayers: the part after the block index, from its start.
 _ABBREVIATIONS = (
-    (r"attention\.self\.", ""),
-    (r"attention\.output\.dense", "attn.out"),
-    (r"intermediate\.dense", "ffn.in"),
-    (r"output\.dense", "ffn.out"),
+    (r"^attention\.self\.", ""),
+    (r"^attention\.output\.dense$", "attn.out"),
+    (r"^intermediate\.dense$", "ffn.in"),
+    (r"^output\.dense$", "ffn.out"),
 )
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.(.+)$")
 
 
 def short_names(names: Sequence[str]) -> list[str]:
-    """Layer names without their common dotted prefix, BERT sublayers abbreviated."""
-    names = list(names)
-    if not names:
-        return []
-    parts = [name.split(".") for name in names]
-    common = 0
-    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
-        common += 1
-    if len(names) == 1:
-        common = max(0, len(parts[0]) - 4)
+    """Each layer named by its block and sublayer ("L0 attn.out", "L11 ffn.in"), BERT sublayers
+    abbreviated; a name outside numbered blocks keeps its last three parts.
+
+    Each name is shortened on its own, so a panel never loses the block it shows, whatever
+    other layers it is drawn with.
+    """
     short = []
-    for p in parts:
-        label = ".".join(p[common:])
+    for name in names:
+        match = _BLOCK.search(name)
+        if match is None:
+            short.append(".".join(name.split(".")[-3:]))
+            continue
+        label = match.group(2)
         for pattern, replacement in _ABBREVIATIONS:
             label = re.sub(pattern, replacement, label)
-        short.append(label)
+        short.append(f"L{match.group(1)} {label}")
     return short
 
 
@@ -163,7 +164,12 @@ def explained_share_figure(table: "pd.DataFrame", kinds: Sequence[str] = SHARE_K
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_ylabel("share of energy")
-    axes[0].legend(fontsize=7, loc="upper right")
+    legend = {}  # one legend for the figure, with the i.i.d. marks of the rank panel
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=7,
+                  frameon=False)
     axes[-1].set_xticks(x, labels, rotation=90, fontsize=6 if len(x) > 24 else 8)
     return figure
 

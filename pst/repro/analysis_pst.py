@@ -166,10 +166,11 @@ def pst_layer_table(pst_layers: Mapping[str, Mapping[str, torch.Tensor]],
     return pd.DataFrame(rows)
 
 
-def pst_terms_figure(table: "pd.DataFrame", title: str = "") -> "Figure":
+def pst_terms_figure(table: "pd.DataFrame", title: str = "", sparsity: float | None = None) -> "Figure":
     """Per layer: the term shares of S as stacked bars (cross terms close the bar at 1), the share
-    of kept weights magnitude pruning would prune, and, when the table has them, the rank
-    correlations with MvP's score. ``table`` is :func:`pst_layer_table`'s output."""
+    of kept weights magnitude pruning would prune (with the chance level ``sparsity``: a random
+    mask's kept weight is among magnitude pruning's pruned ones with probability p), and, when the
+    table has them, the rank correlations with MvP's score. ``table`` is :func:`pst_layer_table`'s output."""
     from matplotlib.figure import Figure  # not pyplot: no global state, works headless (Agg)
 
     from ..methods import METHODS
@@ -196,6 +197,8 @@ def pst_terms_figure(table: "pd.DataFrame", title: str = "") -> "Figure":
     width = 0.4
     axes[1].bar(x - width / 2, table["kept_outside_map_w"], width, label="by |W| (pre-trained)", color="0.35")
     axes[1].bar(x + width / 2, table["kept_outside_map_w_updated"], width, label="by |W'| (updated)", color="0.7")
+    if sparsity is not None:
+        axes[1].axhline(sparsity, color="black", linestyle="--", linewidth=1.0, label=f"random mask (chance, p = {sparsity:.0%})")
     axes[1].set_ylim(0, 1)
     axes[1].set_ylabel("share of kept")
     axes[1].set_title("kept weights that magnitude pruning would prune", fontsize=9)

@@ -110,8 +110,10 @@ def glue_runs(profile: str, family: str, tasks: Iterable[str] | None = None,
 # -- analysis and ablations -----------------------------------------------------------------
 
 #: The tasks of the paper's analyses and ablations are not known to us (docs/method.md); we use these.
+#: The smoke ablations run on the bundled real STS-B: on synthetic SST-2 every variant sat at the
+#: ceiling (93-100% of 128 items) and no ablation could show anything; STS-B costs about as much.
 _ANALYSIS_TASKS = {"smoke": ("sst2",), "paper": ("mrpc", "rte")}
-_ABLATION_TASKS = {"smoke": ("sst2",), "paper": ("mrpc", "rte", "stsb", "cola")}
+_ABLATION_TASKS = {"smoke": ("stsb",), "paper": ("mrpc", "rte", "stsb", "cola")}
 
 #: Score components (S = |W'| + AB + R + C), by name.
 SCORE_VARIANTS = {
@@ -122,7 +124,9 @@ SCORE_VARIANTS = {
     "|W'| + AB + R + C": dict(),
 }
 RANK_VARIANTS = {"smoke": (2, 8), "paper": (2, 4, 8, 16)}
-SPARSITY_SWEEP = {"smoke": (0.5, 0.8, 0.95), "paper": (0.5, 0.7, 0.8, 0.9, 0.95)}
+#: Both include 50% and 90%, the two sparsities APT's Table 7 reports for BERT-base (notebook 04);
+#: the smoke 90% runs are glue-bert's and train once.
+SPARSITY_SWEEP = {"smoke": (0.5, 0.8, 0.9, 0.95), "paper": (0.5, 0.7, 0.8, 0.9, 0.95)}
 
 
 def _single_setting(runs: list[GlueRunConfig], profile: str) -> list[GlueRunConfig]:

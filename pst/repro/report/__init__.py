@@ -38,8 +38,11 @@ from .ablations import rank_ablation_table, score_ablation_table, score_variant,
 from .columns import GLUE_COLUMNS, METHOD_ORDER, MISSING, NLG_COLUMNS, method_name, method_style
 from .counts import criteria_table, parameter_counts, parameter_counts_table
 from .curves import MissingCurveError, glue_curves, training_loss_curves
-from .files import display_frame, save_figure, save_table
-from .paper import PAPER_RESULTS_PATH, check_paper_results, paper_results, paper_value
+from .files import display_frame, markdown_table, save_figure, save_table, show
+from .examples import glue_examples
+from .noise import dev_size, majority_share, noise_table, separated, standard_error
+from .paper import PAPER_RESULTS_PATH, check_paper_results, paper_results, paper_value, published, published_table
+from .reading import ablation_reading, glue_reading
 from .records import (
     ABLATION_EXPERIMENTS,
     ANALYSIS_EXPERIMENT,
@@ -50,7 +53,7 @@ from .records import (
     read_results,
     selection_value,
 )
-from .score_structure import score_structure_outputs
+from .score_structure import score_reading, score_structure_outputs
 from .status import record_status_table
 from .tables import glue_table, nlg_table, selection_table
 
@@ -65,10 +68,11 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
                  keep_stale: bool = False) -> dict[str, list[Path]]:
     """Every table and figure the records allow, under ``out_dir/tables`` and ``out_dir/figures``.
 
-    Always writes ``criteria`` (Table 1), ``parameter_counts`` and ``record_status`` (per
+    Always writes ``criteria`` (Table 1), ``parameter_counts``, ``published_glue_bert`` (what
+    another paper reports: APT's Table 7) and ``record_status`` (per
     experiment, its runs and what is left out; records of other code are used only when
     ``keep_stale``); then, for each experiment with records, its tables (``glue_bert``, ``glue_roberta``, ``nlg_gpt2`` with their
-    ``*_selection`` grids, ``analysis_runs``, ``ablation_score``, ``ablation_rank``,
+    ``*_selection`` grids (and ``*_noise``: standard errors, for GLUE), ``analysis_runs``, ``ablation_score``, ``ablation_rank``,
     ``ablation_sparsity``) and figures (``curves_glue_bert``, ``curves_glue_roberta``: dev metric
     against step; ``curves_nlg_gpt2``: training loss against step; ``ablation_sparsity``; the
     score-structure outputs of :func:`score_structure_outputs` when ``analysis``). Experiments
@@ -102,9 +106,12 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
         return False
 
     for experiment, stem in GLUE_EXPERIMENTS.items():
+        if published(experiment) is not None:
+            table(f"published_{stem}", published_table(experiment))
         if not skip(experiment):
             table(stem, glue_table(records, experiment))
             table(f"{stem}_selection", selection_table(records, experiment))
+            table(f"{stem}_noise", noise_table(records, experiment))
             figure(f"curves_{stem}", lambda experiment=experiment: glue_curves(records, experiment))
     if not skip(NLG_EXPERIMENT):
         table("nlg_gpt2", nlg_table(records))
@@ -129,9 +136,9 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, ana
 
 __all__ = [
     "GLUE_COLUMNS", "METHOD_ORDER", "MISSING", "NLG_COLUMNS", "PAPER_RESULTS_PATH", "MissingCurveError",
-    "best_runs", "build_report", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
+    "best_runs", "build_report", "markdown_table", "show", "ablation_reading", "dev_size", "glue_examples", "glue_reading", "majority_share", "noise_table", "separated", "standard_error", "check_paper_results", "criteria_table", "display_frame", "glue_curves", "glue_table",
     "method_name", "method_style", "nlg_table", "paper_results", "paper_value", "parameter_counts",
-    "parameter_counts_table", "read_results", "record_status_table",
-    "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_structure_outputs",
+    "parameter_counts_table", "published", "published_table", "read_results", "record_status_table",
+    "rank_ablation_table", "save_figure", "save_table", "score_ablation_table", "score_reading", "score_structure_outputs",
     "score_variant", "selection_table", "selection_value", "sparsity_figure", "sparsity_table", "training_loss_curves",
 ]

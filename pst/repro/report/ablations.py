@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from .columns import (
     ordered_tasks,
 )
 from .files import panel_grid, save_figure
+from .noise import standard_error
 from .records import ABLATION_EXPERIMENTS, Records, best_runs, describe, get, glue_records, is_number
 
 
@@ -57,13 +59,26 @@ def _ranks(record: Mapping) -> tuple[int, int]:
     return rank("weight_rank"), rank("score_rank")
 
 
+SE_COLUMN = "± SE"
+
+
 def _main_metric_rows(best: Mapping[tuple, dict], row_keys: Sequence, labels: Mapping, tasks: Sequence[str],
                       ) -> dict[str, dict]:
+    """One row per key: each task's main metric; with one task its standard error ("± SE"),
+    with several their average (one number per task adds nothing to a single task)."""
     rows = {}
     for key in row_keys:
         values = {main_label(task): main_percent(best.get((task, key))) for task in tasks}
-        rows[labels[key]] = {**values, AVERAGE_COLUMN: average(list(values.values()))}
+        if len(tasks) == 1:
+            se = standard_error(best.get((tasks[0], key)))
+            rows[labels[key]] = {**values, SE_COLUMN: MISSING if se is None else se}
+        else:
+            rows[labels[key]] = {**values, AVERAGE_COLUMN: average(list(values.values()))}
     return rows
+
+
+_SE_NOTE = (" '± SE': one standard error from the dev set's size (pst.repro.report.noise); rows closer than about "
+            "two of them cannot be told apart.")
 
 
 def score_ablation_table(results_dir: Records, experiment: str = ABLATION_EXPERIMENTS["score"]) -> "pd.DataFrame":
@@ -82,9 +97,9 @@ def score_ablation_table(results_dir: Records, experiment: str = ABLATION_EXPERI
     order = [v for v in SCORE_VARIANTS if v in variants] + sorted(variants - set(SCORE_VARIANTS))
     tasks = ordered_tasks(task for task, _ in best)
     rows = _main_metric_rows(best, order, {v: v for v in order}, tasks)
-    decimals = {c: 1 for c in (*(main_label(t) for t in tasks), AVERAGE_COLUMN)}
+    decimals = {c: 1 for c in (*(main_label(t) for t in tasks), AVERAGE_COLUMN, SE_COLUMN)}
     note = (f"{experiment}: PST on BERT with score S = |W'| + AB + R + C or parts of it; dev main metric in percent, "
-            "best run per task and variant.")
+            f"best run per task and variant.{_SE_NOTE if len(tasks) == 1 else ''}")
     return frame(rows, "Score S", decimals, note)
 
 
@@ -106,9 +121,9 @@ def rank_ablation_table(results_dir: Records, experiment: str = ABLATION_EXPERIM
         added = [get(r, "trainable_parameters.added") for (t, p), r in best.items() if p == pair]
         added = [a for a in added if is_number(a)]
         rows[labels[pair]]["Added parameters"] = int(max(added)) if added else MISSING
-    decimals = {c: 1 for c in (*(main_label(t) for t in tasks), AVERAGE_COLUMN)}
+    decimals = {c: 1 for c in (*(main_label(t) for t in tasks), AVERAGE_COLUMN, SE_COLUMN)}
     note = (f"{experiment}: PST on BERT; r1 = rank of the weight update UV, r2 = rank of the score term AB "
-            "(the paper uses r1 = r2 = 8). Dev main metric in percent.")
+            f"(the paper uses r1 = r2 = 8). Dev main metric in percent.{_SE_NOTE if len(tasks) == 1 else ''}")
     return frame(rows, "Ranks (r1 update, r2 score)", decimals, note)
 
 
@@ -150,25 +165,27 @@ def sparsity_figure(results_dir: Records, path_stem: str | os.PathLike | None = 
     tasks = ordered_tasks(task for task, _, _ in best)
     methods = ordered_methods(method for _, method, _ in best)
     models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for r in best.values()})
-    figure, axes = panel_grid(len(tasks), 3.6, 3.0)
+    figure, axes = panel_grid(len(tasks), 3.6, 3.0, extra_height=0.8)
     for ax, task in zip(axes, tasks):
         main = get_task(task).main_metric
         metric = METRIC_NAMES.get(main, main)
         for method in methods:
-            points = sorted((100 * s, main_percent(r)) for (t, m, s), r in best.items()
-                            if t == task and m == method and is_number(s))
-            points = [(x, y) for x, y in points if is_number(y)]
+            runs = sorted((s, r) for (t, m, s), r in best.items() if t == task and m == method and is_number(s))
+            points = [(100 * s, main_percent(r), standard_error(r)) for s, r in runs if is_number(main_percent(r))]
             if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, label=method_name(method), linewidth=1.5, markersize=5,
-                        **method_style(method))
+                xs, ys, ses = zip(*points)
+                ax.errorbar(xs, ys, yerr=[2 * (se or 0.0) for se in ses], label=method_name(method), linewidth=1.5,
+                            markersize=5, capsize=3, **method_style(method))
+        ax.set_ylim(min(0.0, ax.get_ylim()[0]), 100.0)  # the whole scale: a few dev examples stay a few points
         ax.set_title(f"{main_label(task)}", fontsize=10)
         ax.set_xlabel("target sparsity (%)")
         ax.set_ylabel(f"dev {metric} (%)")
         ax.grid(True, linewidth=0.4, alpha=0.5)
     if tasks:
-        axes[0].legend(fontsize=8)
-    figure.suptitle(f"Dev metric against sparsity\n(model: {', '.join(models)})", fontsize=10)
+        figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(methods),
+                      fontsize=8, frameon=False)
+    text = f"Dev metric against sparsity (model: {', '.join(models)}); bars: ± 2 standard errors of the dev set"
+    figure.suptitle(textwrap.fill(text, width=int(11 * figure.get_figwidth())), fontsize=10)  # ~11 characters an inch
     if path_stem is not None:
         save_figure(figure, path_stem)
     return figure

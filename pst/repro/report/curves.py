@@ -18,7 +18,8 @@ from ...methods import METHODS
 from ..glue_tasks import get_task
 from .columns import main_label, method_name, method_style, ordered_methods, task_name, task_sort_key
 from .files import panel_grid
-from .records import Records, best_runs, describe, get, glue_records, is_number, load
+from .noise import majority_share
+from .records import Records, best_runs, describe, get, glue_records, group_sizes, is_number, load
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,15 +35,21 @@ class MissingCurveError(ValueError):
 def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | None = None) -> "Figure":
     """Dev main metric (primary dev split, percent) against the optimizer step, one panel per task.
 
-    One line per method for the run its grid search kept, a dotted vertical line (and a ring) at
-    the evaluation that run selected, and the sparsity schedule in grey on a twin axis. ``tasks``:
+    One line per method for the run its grid search kept, a dotted vertical line (and a hollow
+    ring) at the evaluation that run selected, the dev set's majority class as a dotted black
+    line (classification), and the sparsity schedule in grey on a twin axis; one legend below
+    the panels. ``tasks``:
     the tasks to draw (default: every task with records, in the paper's order).
     Raises :class:`MissingCurveError` when a kept run has no ``evaluations``.
     """
-    chosen = _kept_runs(glue_records(results_dir, experiment), experiment, results_dir, tasks)
+    records = glue_records(results_dir, experiment)
+    chosen = _kept_runs(records, experiment, results_dir, tasks)
 
     def draw(ax: "Axes", task: str, method: str, record: dict) -> None:
         split, metric = get_task(task).eval_splits[0], record.get("main_metric") or get_task(task).main_metric
+        majority = majority_share(record) if method == next(iter(chosen[task])) else None
+        if majority is not None:  # chance for accuracy: always answering the commonest label
+            ax.axhline(majority, color="black", linestyle=":", linewidth=1.0, label="majority class", gid="majority")
         points = [(e["step"], _percent(get(e, f"metrics.{split}.{metric}"))) for e in _points(record, "evaluations")]
         ax.plot(*zip(*points), label=method_name(method), linewidth=1.5, markersize=4, **method_style(method))
         selected = get(record, "selected.step")
@@ -55,8 +62,8 @@ def glue_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | No
     def ylabel(task: str) -> str:
         return f"dev {main_label(task)} (%)"
 
-    title = f"{experiment}: dev metric against training step (dotted: the selected evaluation)"
-    return _curves(chosen, draw, ylabel, title)
+    title = f"{experiment}: dev metric against training step (dotted line and ring: the selected evaluation)"
+    return _curves(chosen, draw, ylabel, title, grid=_has_grid(records))
 
 
 def training_loss_curves(results_dir: Records, experiment: str, tasks: Sequence[str] | None = None) -> "Figure":
@@ -77,7 +84,7 @@ def training_loss_curves(results_dir: Records, experiment: str, tasks: Sequence[
         ax.plot(*zip(*points), label=method_name(method), linewidth=1.5, markersize=3, **method_style(method))
 
     title = f"{experiment}: training loss against training step"
-    return _curves(chosen, draw, lambda task: "training loss", title)
+    return _curves(chosen, draw, lambda task: "training loss", title, grid=_has_grid(records))
 
 
 # --------------------------------------------------------------------------- shared
@@ -97,6 +104,11 @@ def _kept_runs(records: list[dict], experiment: str, source: Records, tasks: Seq
             raise ValueError(f"experiment {experiment!r} has no records of task(s) {missing}; it has {present}")
         present = [t for t in present if t in tasks]
     return {task: {m: best[(task, m)] for m in ordered_methods(m for t, m in best if t == task)} for task in present}
+
+
+def _has_grid(records: list[dict]) -> bool:
+    """Whether any task and method ran more than one configuration (a grid to choose from)."""
+    return bool(records) and max(group_sizes(records, ("task", "method")).values()) > 1
 
 
 def _points(record: dict, field: str) -> list[dict]:
@@ -125,8 +137,9 @@ def _schedule(record: dict) -> tuple[tuple, tuple] | None:
 
 
 def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable[[str], str], title: str,
-            ) -> "Figure":
-    figure, axes = panel_grid(len(chosen), 4.2, 3.2, extra_height=0.6)
+            grid: bool = True) -> "Figure":
+    figure, axes = panel_grid(len(chosen), 4.2, 3.2, extra_height=0.9)
+    legend: dict[str, object] = {}  # one legend for the figure: label -> handle
     for ax, (task, runs) in zip(axes, chosen.items()):
         twin = ax.twinx()
         schedules = {s for s in map(_schedule, runs.values()) if s is not None}
@@ -143,13 +156,17 @@ def _curves(chosen: dict[str, dict[str, dict]], draw: Callable, ylabel: Callable
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel(task))
         ax.grid(True, linewidth=0.4, alpha=0.5)
-        handles, labels = ax.get_legend_handles_labels()
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
         if schedules:
-            handles += twin.get_lines()[:1]
-            labels += ["sparsity schedule"]
-        ax.legend(handles, labels, fontsize=7)
+            legend.setdefault("sparsity schedule (right axis)", twin.get_lines()[0])
+    if "majority class" in legend:  # the reference last, after the methods and the schedule
+        legend["majority class"] = legend.pop("majority class")
     models = sorted({str(get(r, "config.model", r.get("model_name", "?"))) for runs in chosen.values()
                      for r in runs.values()})
-    text = f"{title}. Per method the run its grid search kept; model: {', '.join(models)}"
+    kept = "the best run of its grid" if grid else "its run (no grid)"
+    text = f"{title}. Per method {kept}; model: {', '.join(models)}"
     figure.suptitle(textwrap.fill(text, width=int(11 * figure.get_figwidth())), fontsize=10)  # ~11 characters an inch
+    figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=8,
+                  frameon=False)
     return figure

@@ -62,18 +62,9 @@ def save_table(frame: "pd.DataFrame", path_stem: str | os.PathLike) -> list[Path
     index = _has_index(frame)
     shown = display_frame(frame)
     note = frame.attrs.get("note", "")
+    md_text = markdown_table(frame)
 
-    markdown = shown.map(lambda s: s.replace("|", "\\|"))
-    markdown.columns = [str(c).replace("|", "\\|") for c in shown.columns]
-    if index:
-        markdown.index = [str(i).replace("|", "\\|") for i in shown.index]
-        markdown.index.name = frame.index.name
-    colalign = (("left",) if index else ()) + tuple(
-        "right" if frame[c].map(lambda v: is_number(v) or v == MISSING).all() else "left" for c in frame.columns)
-    md_text = markdown.to_markdown(index=index, disable_numparse=True, colalign=colalign) + "\n"
-    if note:
-        md_text += f"\n{note}\n"
-
+    colalign = _colalign(frame)
     column_format = ("l" if index else "") + "".join("r" if a == "right" else "l" for a in colalign[int(index):])
     tex_text = shown.to_latex(index=index, escape=True, column_format=column_format).replace("|", r"\textbar{}")
     if note:
@@ -85,6 +76,32 @@ def save_table(frame: "pd.DataFrame", path_stem: str | os.PathLike) -> list[Path
         written.append(write_text_atomic(path, text))
     logger.info("wrote table %s (.md, .tex, .csv)", stem)
     return written
+
+
+def _colalign(frame: "pd.DataFrame") -> tuple[str, ...]:
+    return (("left",) if _has_index(frame) else ()) + tuple(
+        "right" if frame[c].map(lambda v: is_number(v) or v == MISSING).all() else "left" for c in frame.columns)
+
+
+def markdown_table(frame: "pd.DataFrame") -> str:
+    """The table as its ``.md`` file holds it: formatted values, then its note."""
+    index = _has_index(frame)
+    shown = display_frame(frame)
+    note = frame.attrs.get("note", "")
+    markdown = shown.map(lambda s: s.replace("|", "\\|"))
+    markdown.columns = [str(c).replace("|", "\\|") for c in shown.columns]
+    if index:
+        markdown.index = [str(i).replace("|", "\\|") for i in shown.index]
+        markdown.index.name = frame.index.name
+    md_text = markdown.to_markdown(index=index, disable_numparse=True, colalign=_colalign(frame)) + "\n"
+    return md_text + (f"\n{note}\n" if note else "")
+
+
+def show(frame: "pd.DataFrame") -> "Any":
+    """The table for a notebook, as the report writes it: formatted values and the note below."""
+    from IPython.display import Markdown
+
+    return Markdown(markdown_table(frame))
 
 
 def new_figure(width: float, height: float) -> "Figure":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..results import record_path
 from ..runstate import SCORES_SUFFIX, RunPaths
+from .columns import task_name
 from .files import save_figure, save_table
 from .records import ANALYSIS_EXPERIMENT, best_runs, get, load
 
@@ -108,8 +109,11 @@ def pst_score_terms_outputs(results_dir: str | os.PathLike, out_dir: str | os.Pa
         table.attrs["decimals"] = {c: 3 for c in table.columns if table[c].dtype.kind == "f"}
         table.attrs["note"] = _pst_note(record, partner if movement_file else None)
         written[f"tables/{name}"] = save_table(table, out_dir / "tables" / name)
-        title = f"PST's learned score, {task}\n({record['run_id']}, sparsity {get(record, 'mean_sparsity') or 0:.0%})"
-        written[f"figures/{name}"] = save_figure(analysis_pst.pst_terms_figure(table, title), out_dir / "figures" / name)
+        sparsity = get(record, "config.sparsity")
+        title = (f"PST's learned score, {task_name(task)} ({get(record, 'config.model', '?')}, "
+                 f"sparsity {get(record, 'mean_sparsity') or 0:.0%})")
+        figure = analysis_pst.pst_terms_figure(table, title, sparsity=sparsity)
+        written[f"figures/{name}"] = save_figure(figure, out_dir / "figures" / name)
     return written
 
 
@@ -157,3 +161,36 @@ def _up_to_date(outputs: dict[str, list[Path]], sources: Sequence[Path]) -> bool
     """Every output exists and is at least as new as every file it was computed from."""
     newest = max(source.stat().st_mtime for source in sources)
     return all(path.is_file() and path.stat().st_mtime >= newest for paths in outputs.values() for path in paths)
+
+
+def score_reading(out_dir: str | os.PathLike, task: str, sparsity: float) -> str:
+    """Markdown: what the score-structure tables of ``task`` say, in numbers read from them.
+
+    Means over layers; the shuffled and i.i.d. baselines beside each share; the share of PST's
+    kept weights that magnitude pruning would remove beside ``sparsity``, which is what a
+    random mask gives (a random kept weight falls among MaP's pruned ones with probability p).
+    """
+    import pandas as pd
+
+    tables = Path(out_dir) / "tables"
+    movement = pd.read_csv(tables / f"score_structure_{task}.csv").mean(numeric_only=True)
+    lines = [f"- **Movement's score** (means over {len(pd.read_csv(tables / f'score_structure_{task}.csv'))} layers): "
+             f"rank {int(movement['rank'])} plus row/column effects explain {movement['both']:.1%} of its energy, "
+             f"the same values shuffled {movement['shuffled_both']:.1%}, and rank {int(movement['rank'])} explains "
+             f"{movement['iid_low_rank']:.1%} of i.i.d. noise of these shapes; row/column effects alone "
+             f"{movement['row_col']:.1%} against {movement['shuffled_row_col']:.1%} shuffled."]
+    terms_csv = tables / f"pst_score_terms_{task}.csv"
+    if terms_csv.is_file():
+        pst = pd.read_csv(terms_csv).mean(numeric_only=True)
+        lines.append(f"- **PST's score**: $|W'|$ carries {pst['share_magnitude']:.1%} of its energy, $AB$ "
+                     f"{pst['share_low_rank']:.1%}, $R+C$ {pst['share_structured']:.1%} (cross terms "
+                     f"{pst['share_covariance']:.1%}).")
+        lines.append(f"- **PST's mask against magnitude pruning**: of the weights PST keeps, {pst['kept_outside_map_w']:.1%} "
+                     f"would be pruned by magnitude pruning of $W$ and {pst['kept_outside_map_w_updated']:.1%} by "
+                     f"magnitude pruning of $W'$; a random mask at this sparsity gives {sparsity:.1%} (chance).")
+        if "spearman_pst_mvp" in pst:
+            lines.append(f"- **PST's data-driven score against movement's**: Spearman {pst['spearman_pst_mvp']:.2f} on average "
+                         f"({pd.read_csv(terms_csv)['spearman_pst_mvp'].min():.2f} to "
+                         f"{pd.read_csv(terms_csv)['spearman_pst_mvp'].max():.2f} over the layers); $|W|$ against "
+                         f"movement's score {pst['spearman_mvp_abs_w']:.2f}.")
+    return "\n".join(lines)

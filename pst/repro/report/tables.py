@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 from .columns import (
     AVERAGE_COLUMN,
     GLUE_COLUMNS,
+    GLUE_ORDER,
     MISSING,
     NLG_COLUMNS,
     NLG_DATASETS,
@@ -28,7 +29,7 @@ from .columns import (
     task_name,
     task_sort_key,
 )
-from .paper import PAPER_SUFFIX, paper_row
+from .paper import PAPER_SUFFIX, paper_row, published_rows
 from .records import (
     NLG_EXPERIMENT,
     Records,
@@ -37,6 +38,7 @@ from .records import (
     get,
     glue_records,
     group_sizes,
+    is_number,
     load,
     nlg_records,
     selection_value,
@@ -44,14 +46,18 @@ from .records import (
 
 
 def glue_table(results_dir: Records, experiment: str, paper: bool = True) -> "pd.DataFrame":
-    """Our GLUE dev results (best of the grid) per method, each followed by the paper's row.
+    """Our GLUE dev results (best of the grid) per method, each followed by the published rows.
 
-    Rows: methods in the order PST, MaP, MvP, Dense fine-tuning, LoRA (those with records),
-    each followed by "<method> (paper)" when ``paper``. Columns: "Sparsity (%)" (mean measured
-    sparsity of the selected runs), then the GLUE columns of the tasks present in the paper's
-    order (MNLI-m/mm, QQP acc/F1, QNLI, SST-2, CoLA, STS-B Pearson/Spearman, MRPC acc/F1, RTE),
-    then "Avg (main metrics)": the mean over tasks of each task's main metric, shown only for
-    rows that have every task of the table. Values in percent, 1 decimal.
+    Rows: methods in the order PST, MaP, MvP, Dense fine-tuning, LoRA (those with records). When
+    ``paper``, each is followed by what another paper reports for it (APT's Table 7 for
+    BERT-base, named in the row label) or else by "<method> (paper)", the PST paper's own
+    values ("—" where none is recorded). Columns: "Sparsity (%)" (mean measured sparsity of the
+    selected runs), then the GLUE columns of the tasks present in the paper's order (MNLI-m/mm,
+    QQP acc/F1, QNLI, SST-2, CoLA, STS-B Pearson/Spearman, MRPC acc/F1, RTE), then
+    "Avg (main metrics)": the mean over tasks of each task's main metric, for rows that have
+    every task of the table, and only when all of them ran on one kind of data (never an
+    average over synthetic and real tasks); the column is left out when no row has one.
+    Values in percent, 1 decimal.
     """
     records = glue_records(results_dir, experiment)
     if not records:
@@ -59,22 +65,32 @@ def glue_table(results_dir: Records, experiment: str, paper: bool = True) -> "pd
     best = best_runs(records)
     tasks = ordered_tasks(task for task, _ in best)
     columns = [c for c in GLUE_COLUMNS if c.task in tasks]
+    sources = {get(record, "config.data_source") for record in best.values()}
     rows: dict[str, dict] = {}
     for method in ordered_methods(method for _, method in best):
         chosen = {task: best.get((task, method)) for task in tasks}
         row: dict[str, Any] = {SPARSITY_COLUMN: sparsity_percent([r for r in chosen.values() if r is not None])}
         row.update({c.label: column_value(chosen[c.task], c, nlg=False) for c in columns})
-        row[AVERAGE_COLUMN] = average([main_percent(chosen[task]) for task in tasks])
+        row[AVERAGE_COLUMN] = average([main_percent(chosen[task]) for task in tasks]) if len(sources) == 1 else MISSING
         rows[method_name(method)] = row
         if paper:
-            rows[method_name(method) + PAPER_SUFFIX] = paper_row(experiment, method, columns,
-                                                                 (SPARSITY_COLUMN, AVERAGE_COLUMN))
+            extra = (SPARSITY_COLUMN, AVERAGE_COLUMN)
+            published = published_rows(experiment, method, columns, extra, all_tasks=len(tasks) == len(GLUE_ORDER))
+            rows.update(published or {method_name(method) + PAPER_SUFFIX: paper_row(experiment, method, columns, extra)})
     decimals = {label: 1 for label in (SPARSITY_COLUMN, AVERAGE_COLUMN, *(c.label for c in columns))}
+    averaged = len(sources) == 1 or any(is_number(row.get(AVERAGE_COLUMN)) for row in rows.values())
+    average_note = (f"'{AVERAGE_COLUMN}': mean of MNLI-m acc, QQP F1, QNLI/SST-2/RTE acc, CoLA MCC, STS-B Pearson, "
+                    "MRPC F1 over the tasks shown. " if averaged else
+                    "No average: the tasks mix synthetic and real data. ")
     note = (f"{experiment}: GLUE dev sets, best run of the grid per task and method (selected by the task's "
             "main metric on the primary dev split, among evaluations at the target sparsity). Percent. "
-            f"'{AVERAGE_COLUMN}': mean of MNLI-m acc, QQP F1, QNLI/SST-2/RTE acc, CoLA MCC, STS-B Pearson, "
-            f"MRPC F1 over the tasks shown. '{MISSING}': no run, or no sourced paper value.")
-    return frame(rows, "Method", decimals, note)
+            + average_note +
+            "Rows 'reported by ...' are another paper's runs, one number per task, shown in the column of "
+            f"the task's main metric. '{MISSING}': no run, or no sourced value.")
+    table = frame(rows, "Method", decimals, note)
+    if AVERAGE_COLUMN in table.columns and (table[AVERAGE_COLUMN] == MISSING).all():
+        table = table.drop(columns=AVERAGE_COLUMN)
+    return table
 
 
 def nlg_table(results_dir: Records, experiment: str = NLG_EXPERIMENT, paper: bool = True) -> "pd.DataFrame":
@@ -146,6 +162,6 @@ def selection_table(results_dir: Records, experiment: str) -> "pd.DataFrame":
     import pandas as pd
 
     frame = pd.DataFrame(rows).astype(object)
-    frame.attrs["decimals"] = {"Selection value": 1, "Selected epoch": 1}
+    frame.attrs["decimals"] = {"Selection value": 1, "Selected epoch": 0}
     frame.attrs["note"] = f"{experiment}: the run kept for each task and method, and the size of its grid."
     return frame
