@@ -70,11 +70,13 @@ class SparsityScheduler:
         last_step: int = 0,
     ) -> None:
         model = unwrap(model)
-        if not any(True for _ in sparse_layers(model)):
+        config = getattr(model, CONFIG_ATTRIBUTE, None)
+        # A sparsified model of a method that wraps nothing (dense fine-tuning) has a config and no
+        # layer: its schedule moves nothing. A model with neither was never sparsified.
+        if config is None and not any(True for _ in sparse_layers(model)):
             raise ValueError(
                 f"this {type(model).__name__} has no sparse layer to schedule: call pst.sparsify(model, config) first"
             )
-        config = getattr(model, CONFIG_ATTRIBUTE, None)
         if config is None and final_sparsity is None:
             raise ValueError(
                 f"this {type(model).__name__} carries no PSTConfig (pst.sparsify keeps it as model.pst_config), "

@@ -80,3 +80,14 @@ def test_trainer_callback_moves_sparsity_along_the_schedule(tiny_model, token_da
     measured = pst.sparsity_report(model)
     assert all(row["sparsity"] == pytest.approx(0.6, abs=1e-3) for row in measured)
     assert any("sparsity" in entry for entry in trainer.state.log_history)
+
+
+def test_a_dense_fine_tuning_model_takes_a_schedule_that_moves_nothing(tiny_model):
+    import pst
+
+    model = pst.sparsify(tiny_model("bert"), pst.PSTConfig(method="dense"))
+    scheduler = pst.SparsityScheduler(model, total_steps=10)
+    assert scheduler.step() == pytest.approx(pst.cubic_sparsity(1, 10))
+    assert not list(pst.sparse_layers(model))
+    with pytest.raises(ValueError, match="no sparse layer"):
+        pst.SparsityScheduler(tiny_model("bert"), total_steps=10)
