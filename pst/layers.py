@@ -137,11 +137,9 @@ class SparseLayer(nn.Module):
         self.in_features, self.out_features, self.blocks = in_features, out_features, self.layout.num_blocks
         self.method = config.method
         self.keep_zeros = config.keep_zeros  # the base's zeros are always pruned
-        self.beta, self.alpha1, self.alpha2 = config.beta, config.alpha1, config.alpha2
         self.magnitude_score = config.uses_magnitude_score
-        self.magnitude_score_grad = self.magnitude_score and self.spec.magnitude_score_grad
-        self.static = LayerSpec(out_features, in_features, self.transposed, self.beta, self.alpha1, self.alpha2,
-                                self.magnitude_score_grad)
+        self.static = LayerSpec(out_features, in_features, self.transposed, config.beta, config.alpha1, config.alpha2,
+                                self.magnitude_score and self.spec.magnitude_score_grad)
         self.sparsity = 0.0
         # The mask, one bit per weight (row-major, output x input), rewritten in place once per step.
         self._mask_bits: torch.Tensor | None = None
@@ -182,6 +180,19 @@ class SparseLayer(nn.Module):
         self.register_buffer("block_one_hot", one_hot, persistent=False)
         shifts = torch.arange(8, dtype=torch.uint8, device=device) if self.spec.prunes else None
         self.register_buffer("bit_shifts", shifts, persistent=False)
+
+    # The score's and update's scales, read from the one place the autograd function reads them.
+    @property
+    def beta(self) -> float:
+        return self.static.beta
+
+    @property
+    def alpha1(self) -> float:
+        return self.static.alpha1
+
+    @property
+    def alpha2(self) -> float:
+        return self.static.alpha2
 
     @property
     def dtype(self) -> torch.dtype:
