@@ -297,8 +297,7 @@ class SparseLayer(nn.Module):
 
     def _oriented(self, weight: torch.Tensor) -> torch.Tensor:
         """A weight parameter in output x input orientation: a view, or this layer's dequantized W (``pst.base_weights``)."""
-        weight = base_weights.dequantized(weight)
-        return weight.t() if self.transposed else weight
+        return _output_by_input(weight, self.transposed)
 
     def _block_score(self, block: int, out: torch.Tensor) -> None:
         """S of one block written into ``out`` (repeats, block rows, k), computed where it lands."""
@@ -517,10 +516,15 @@ def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
     return tensor if factor == 1 else tensor * factor
 
 
+def _output_by_input(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """W as (n, k): a view of a plain weight, or a quantized one dequantized for this layer only."""
+    weight = base_weights.dequantized(weight)
+    return weight.t() if transposed else weight
+
+
 def updated_weight(spec: LayerSpec, weight, U, V, one_hot) -> torch.Tensor:
     """W' = W + beta U V as (n, k) in the parameters' dtype; the weight itself without an update."""
-    w = base_weights.dequantized(weight)  # a quantized W, dequantized for this layer only
-    w = w.t() if spec.transposed else w
+    w = _output_by_input(weight, spec.transposed)
     if U is None:
         return w
     return torch.addmm(w, _spread(U, one_hot), V.view(-1, spec.in_features), alpha=spec.beta)
