@@ -46,7 +46,7 @@ try:  # FSDP2 shards parameters as DTensors
 except ImportError:  # a torch build without distributed support
     DTensor = None
 
-from . import base_weights
+from . import base_weights, kernels
 from .config import PSTConfig
 from .fused import BlockLayout
 from . import masking
@@ -173,11 +173,14 @@ class SparseLayer(nn.Module):
         """Per-layer constants, built once (buffers, so they follow ``.to()``; never saved)."""
         device = self.weight.device
         # A fused layer's one-hot row -> block map: spreads a per-row factor over the blocks' columns.
-        one_hot = None
+        # The fused kernels (``pst.kernels``) read each row's block instead.
+        one_hot = block_of_row = None
         if self.blocks > 1:
             block_index = self.layout.block_index(device)
             one_hot = (block_index.unsqueeze(1) == torch.arange(self.blocks, device=device)).to(self.dtype)
+            block_of_row = block_index.to(torch.int32)
         self.register_buffer("block_one_hot", one_hot, persistent=False)
+        self.register_buffer("block_of_row", block_of_row, persistent=False)
         shifts = torch.arange(8, dtype=torch.uint8, device=device) if self.spec.prunes else None
         self.register_buffer("bit_shifts", shifts, persistent=False)
 
@@ -228,7 +231,7 @@ class SparseLayer(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
         return SparseLinearFunction.apply(
             x, self.weight, self.bias, self.U, self.V, self.A, self.B, self.R, self.C, self.scores,
-            self._mask_bits, self.bit_shifts, self.block_one_hot, self.static, dtype,
+            self._mask_bits, self.bit_shifts, self.block_one_hot, self.block_of_row, self.static, dtype,
         )
 
     # -- the mask ---------------------------------------------------------------------------
@@ -305,11 +308,19 @@ class SparseLayer(nn.Module):
         repeats, k = out.shape[0], self.in_features
         filled = False
 
-        def per_block(parameter: torch.Tensor) -> torch.Tensor:  # the block's V, B or C
-            return parameter[block] if self.blocks > 1 else parameter
+        def per_block(parameter: torch.Tensor | None) -> torch.Tensor | None:  # the block's V, B or C
+            return parameter[block] if self.blocks > 1 and parameter is not None else parameter
 
+        oriented = self._oriented(self.weight)
+        has_term = self.magnitude_score or self.A is not None or self.R is not None
+        if has_term and self.scores is None and kernels.enabled(oriented):  # one fused pass
+            layout = self.layout
+            kernels.block_score(out.view(-1, k), oriented, self.U, per_block(self.V), self.A, per_block(self.B), self.R,
+                                per_block(self.C), sum(layout.sizes[:block]), layout.sizes[block], layout.period,
+                                self.beta, self.alpha1, self.alpha2, self.magnitude_score)
+            return
         if self.magnitude_score:
-            w = rows(self._oriented(self.weight), block)
+            w = rows(oriented, block)
             if self.U is not None:
                 v = per_block(self.V).expand(repeats, -1, -1)
                 torch.baddbmm(w, rows(self.U, block), v, alpha=self.beta, out=out).abs_()
@@ -354,7 +365,7 @@ class SparseLayer(nn.Module):
         """M * W' in output x input orientation, as the forward pass uses it."""
         mask = self.mask()
         with _without_autocast(self.weight.device.type):
-            updated = updated_weight(self.static, self.weight, self.U, self.V, self.block_one_hot)
+            updated = updated_weight(self.static, self._oriented(self.weight), self.U, self.V, self.block_one_hot)
         return updated * mask if mask is not None else updated.clone()
 
     @torch.no_grad()
@@ -522,12 +533,29 @@ def _output_by_input(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
     return weight.t() if transposed else weight
 
 
-def updated_weight(spec: LayerSpec, weight, U, V, one_hot) -> torch.Tensor:
-    """W' = W + beta U V as (n, k) in the parameters' dtype; the weight itself without an update."""
-    w = _output_by_input(weight, spec.transposed)
+def updated_weight(spec: LayerSpec, w: torch.Tensor, U, V, one_hot) -> torch.Tensor:
+    """W' = W + beta U V as (n, k) in the parameters' dtype, from W as (n, k); W itself without an update."""
     if U is None:
         return w
     return torch.addmm(w, _spread(U, one_hot), V.view(-1, spec.in_features), alpha=spec.beta)
+
+
+def _fused_effective(spec: LayerSpec, w: torch.Tensor, U, V, bits, block_of_row, dtype: torch.dtype) -> torch.Tensor:
+    """M * W' in ``dtype`` by one kernel (``pst.kernels``)."""
+    return kernels.masked_update(w, _factor(U), None if V is None else V.view(-1, spec.in_features), block_of_row,
+                                 bits, spec.beta, dtype)
+
+
+def _factor(U: torch.Tensor | None) -> torch.Tensor | None:
+    return None if U is None else U.contiguous()
+
+
+def _promoted(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """The wider of two float dtypes, as torch would promote them (without dispatching an op)."""
+    if a == b:
+        return a
+    width = {torch.float64: 3, torch.float32: 2}
+    return a if width.get(a, 1) > width.get(b, 1) else b if width.get(b, 1) > width.get(a, 1) else torch.float32
 
 
 def _masked(updated: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype, reuse: bool = False) -> torch.Tensor:
@@ -547,36 +575,49 @@ class SparseLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, bits, shifts, one_hot, spec: LayerSpec, dtype):
+    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, bits, shifts, one_hot, block_of_row,
+                spec: LayerSpec, dtype):
         with _without_autocast(x.device.type):
             x = x.to(dtype)
-            mask = None if bits is None else unpack_mask(bits, shifts, spec.out_features, spec.in_features)
-            effective = _masked(updated_weight(spec, weight, U, V, one_hot), mask, dtype, reuse=U is not None)
+            w = _output_by_input(weight, spec.transposed)
+            if kernels.enabled(w):
+                effective = _fused_effective(spec, w, U, V, bits, block_of_row, dtype)
+            else:
+                mask = None if bits is None else unpack_mask(bits, shifts, spec.out_features, spec.in_features)
+                effective = _masked(updated_weight(spec, w, U, V, one_hot), mask, dtype, reuse=U is not None)
             y = nn.functional.linear(x, effective, None if bias is None else bias.to(dtype))
         ctx.spec = spec
-        ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot)
+        ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot, block_of_row)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot = ctx.saved_tensors
+        x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot, block_of_row = ctx.saved_tensors
         with _without_autocast(grad_y.device.type):
             grads = _backward(ctx.spec, ctx.needs_input_grad, grad_y.to(x.dtype), x, weight, U, V, A, B, R, C,
-                              scores, bits, shifts, one_hot)
-        return (*grads, None, None, None, None, None)
+                              scores, bits, shifts, one_hot, block_of_row)
+        return (*grads, None, None, None, None, None, None)
 
 
-def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot):
-    """The gradients, with at most two n x k temporaries besides the unpacked mask: W' becomes
-    dL/dS and then dL/dW' in place (when W' is not the weight itself)."""
+def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, scores, bits, shifts, one_hot,
+              block_of_row):
+    """The gradients, with at most two n x k temporaries besides the unpacked mask: in the
+    reference, W' becomes dL/dS and then dL/dW' in place (when W' is not the weight itself);
+    with the fused kernels, dL/dW' is written over dL/d(M * W')."""
     n, k = spec.out_features, spec.in_features
     grad_x = grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
     grad_y = grad_y.reshape(-1, n)
-    updated = updated_weight(spec, weight, U, V, one_hot)
-    reusable = U is not None  # W' is a fresh tensor (without U it is the weight)
-    mask = None if bits is None else unpack_mask(bits, shifts, n, k)
+    w = _output_by_input(weight, spec.transposed)
+    fused = kernels.enabled(w)
+    updated = mask = None
+    if not fused:
+        updated = updated_weight(spec, w, U, V, one_hot)
+        mask = None if bits is None else unpack_mask(bits, shifts, n, k)
     if needs[0]:
-        grad_x = (grad_y @ _masked(updated, mask, x.dtype)).view(x.shape)
+        effective = (_fused_effective(spec, w, U, V, bits, block_of_row, x.dtype) if fused
+                     else _masked(updated, mask, x.dtype))
+        grad_x = (grad_y @ effective).view(x.shape)
+        del effective
     if needs[2]:
         grad_bias = grad_y.sum(0)
     score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
@@ -587,10 +628,13 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
     # dL/d(M * W'), the dense gradient every method needs: the third matrix product of a layer.
     grad_effective = grad_y.t() @ x.reshape(-1, k)
     # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W' (in at least the parameters' precision).
-    grad_score = None
-    if score_needs or spec.magnitude_score_grad:
-        promoted = torch.promote_types(updated.dtype, grad_effective.dtype) == updated.dtype
-        grad_score = updated.mul_(grad_effective) if reusable and promoted else grad_effective * updated
+    grad_updated = None
+    if fused:  # both at once, dL/dW' written over G
+        grad_score, grad_updated = _fused_straight_through(spec, score_needs, weight_needs, grad_effective, w, U, V,
+                                                           bits, block_of_row)
+        del grad_effective
+    else:  # dL/dS in place of W'; dL/dW' (in place of dL/dS or G) once the score's gradients are taken
+        grad_score = _score_gradient(spec, score_needs, grad_effective, updated, U is not None)
     del updated
     if score_needs:
         dtype = grad_score.dtype
@@ -606,16 +650,9 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
         if needs[9]:
             grad_scores = grad_score
     if weight_needs:
-        if spec.magnitude_score_grad:
-            # dL/dW' = M * dL/d(M W') + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, dL/d(M W')).
-            grad_updated = grad_score.copysign_(grad_effective) if not needs[9] else torch.copysign(grad_score, grad_effective)
-            if mask is not None:
-                grad_updated.addcmul_(grad_effective, mask)
-            else:
-                grad_updated.add_(grad_effective)
-        else:
-            grad_updated = grad_effective.mul_(mask) if mask is not None else grad_effective
-        del grad_effective, mask, grad_score
+        if grad_updated is None:
+            grad_updated = _updated_gradient(spec, needs[9], grad_score, grad_effective, mask)
+        del mask, grad_score
         if needs[1]:
             grad_weight = grad_updated.t() if spec.transposed else grad_updated
         # Rank-r products cast the small factor to the n x k gradient's dtype, never the other
@@ -627,6 +664,38 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
             grad_V = _scaled(_spread(U, one_hot).t().to(dtype) @ grad_updated, spec.beta).view(V.shape)
     return _in_dtypes((grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores),
                       x, weight, U, V, A, B, R, C, scores)
+
+
+def _score_gradient(spec: LayerSpec, score_needs: bool, grad_effective, updated, reusable: bool):
+    """dL/dS = G * W' (G = dL/d(M * W')), written over W' when ``reusable`` and no precision is lost."""
+    if not (score_needs or spec.magnitude_score_grad):
+        return None
+    if reusable and _promoted(updated.dtype, grad_effective.dtype) == updated.dtype:
+        return updated.mul_(grad_effective)
+    return grad_effective * updated
+
+
+def _updated_gradient(spec: LayerSpec, score_grad: bool, grad_score, grad_effective, mask):
+    """dL/dW' from G and dL/dS, written over dL/dS (over G without the |W'| term) unless dL/dS is
+    itself a returned gradient (``score_grad``: movement's scores)."""
+    if not spec.magnitude_score_grad:
+        return grad_effective.mul_(mask) if mask is not None else grad_effective
+    # dL/dW' = M * G + sign(W') * dL/dS, and sign(W') dL/dS = copysign(dL/dS, G).
+    grad_updated = torch.copysign(grad_score, grad_effective) if score_grad else grad_score.copysign_(grad_effective)
+    if mask is not None:
+        return grad_updated.addcmul_(grad_effective, mask)
+    return grad_updated.add_(grad_effective)
+
+
+def _fused_straight_through(spec: LayerSpec, score_needs: bool, weight_needs: bool, grad_effective, w, U, V, bits,
+                            block_of_row):
+    """(dL/dS, dL/dW') as :func:`_score_gradient` and :func:`_updated_gradient`, by one kernel writing dL/dW' over G."""
+    dtype = _promoted(w.dtype, grad_effective.dtype)
+    grad = grad_effective.to(dtype)
+    grad_score = torch.empty_like(grad) if score_needs else grad.new_empty(0)
+    kernels.straight_through(grad, grad_score, w, _factor(U), None if V is None else V.view(-1, spec.in_features),
+                             block_of_row, bits, spec.beta, weight_needs, score_needs, spec.magnitude_score_grad)
+    return (grad_score if score_needs else None), (grad if weight_needs else None)
 
 
 def _in_dtypes(grads: tuple, x, weight, U, V, A, B, R, C, scores) -> tuple:

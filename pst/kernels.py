@@ -1,0 +1,223 @@
+"""Fused passes of a PST layer over its n x k weight: Triton kernels for CUDA.
+
+The torch code in ``pst.layers`` is the reference, and what runs on CPU, on a GPU without
+Triton, and everywhere with ``PST_KERNELS=reference``. Each kernel here computes one of its
+passes in a single launch, reading W once, the rank-r factors from cache and the mask as
+bits, where the reference takes four to six ops and as many round trips through memory:
+
+- ``masked_update``: M * (W + beta U V) in the compute dtype (forward, and again in backward);
+- ``straight_through``: from G = dL/d(M * W'), dL/dS = W' * G and dL/dW' = G * (M + |W'|)
+  (G * M when the score has no |W'| term), the latter written over G;
+- ``block_score``: S = |W + beta U V| + alpha1 A B + alpha2 (R 1^T + 1 C^T) of one fused block.
+
+Each is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
+traces a layer whole (the ops stay opaque to inductor, fused already). Sums run in fp32
+(parameters in fp32, bf16 or fp16; fp64 layers use the reference). torch has no such fused
+op and Triton ships with torch's CUDA builds, hence this module. Tested on CPU through
+Triton's interpreter (``TRITON_INTERPRET=1``; tests/test_kernels.py).
+
+``PST_KERNELS``: ``auto`` (default: Triton on CUDA when it imports), ``triton`` (always; on
+CPU only with ``TRITON_INTERPRET=1``) or ``reference``; :func:`set_mode` changes it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import torch
+
+MODES = ("auto", "triton", "reference")
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _checked(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"PST_KERNELS must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+_mode = _checked(os.environ.get("PST_KERNELS", "auto"))
+
+
+def set_mode(mode: str) -> None:
+    """``"auto"``, ``"triton"`` or ``"reference"`` for every layer from the next call on."""
+    global _mode
+    _mode = _checked(mode)
+
+
+def mode() -> str:
+    return _mode
+
+
+# Whether triton is installed, found without importing it (the kernels import it on first use).
+_TRITON = importlib.util.find_spec("triton") is not None
+_warned = False
+_verdicts: dict[torch.device, bool] = {}  # per device: whether the kernels compile and compute right
+
+
+def enabled(weight: torch.Tensor) -> bool:
+    """Whether a layer with this (oriented, dequantized) W runs the fused kernels."""
+    if _mode == "reference" or weight.dtype not in _DTYPES:
+        return False
+    if _mode == "triton":
+        if not _TRITON:
+            raise ImportError("PST_KERNELS=triton, but triton is not installed; install it or use PST_KERNELS=auto")
+        return True
+    if not weight.is_cuda:
+        return False
+    if not _TRITON:
+        _warn_no_triton()
+        return False
+    return _works_on(weight.device)
+
+
+def _works_on(device: torch.device) -> bool:
+    """Whether the kernels compile and compute right on ``device``: checked once, on small
+    tensors, so that a Triton, driver or card they fail on costs a warning and the reference
+    path, not the training run (``PST_KERNELS=triton`` skips the check and lets errors through)."""
+    verdict = _verdicts.get(device)
+    if verdict is None and not torch.compiler.is_compiling():  # an eager step (the refresh) checks first
+        try:
+            _self_check(device)
+            verdict = True
+        except Exception as error:  # noqa: BLE001 - any failure means: do not use them here
+            warnings.warn(f"PST's Triton kernels fail on {device} ({type(error).__name__}: {error}); "
+                          "PST runs its unfused torch reference there", stacklevel=3)
+            verdict = False
+        _verdicts[device] = verdict
+    return verdict is not False
+
+
+def _self_check(device: torch.device) -> None:
+    """Every kernel once, with every term, against torch on a 4 x 16 weight of two fused blocks."""
+    g = torch.Generator().manual_seed(0)
+    w, U, V = (torch.randn(shape, generator=g).to(device) for shape in ((4, 16), (4, 2), (4, 16)))
+    A, B, R, C = (torch.randn(shape, generator=g).to(device) for shape in ((4, 3), (3, 16), (4,), (16,)))
+    block_of_row = torch.tensor([0, 0, 1, 1], dtype=torch.int32, device=device)
+    bits = torch.randint(0, 256, (8,), dtype=torch.uint8, generator=g).to(device)
+    mask = (bits.view(-1, 1) >> torch.arange(8, dtype=torch.uint8, device=device) & 1).bool().view(4, 16)
+    updated = w + 0.5 * (U.view(4, 1, 2) @ V.view(2, 2, 16)[block_of_row.long()]).view(4, 16)
+    torch.testing.assert_close(masked_update(w, U, V, block_of_row, bits, 0.5, torch.float32), updated * mask)
+    grad, grad_score = torch.randn(4, 16, generator=g).to(device), torch.empty(4, 16, device=device)
+    original = grad.clone()
+    straight_through(grad, grad_score, w, U, V, block_of_row, bits, 0.5, True, True, True)
+    torch.testing.assert_close(grad_score, updated * original)
+    torch.testing.assert_close(grad, original * (mask + updated.abs()))
+    score = torch.empty(2, 16, device=device)  # block 1: rows 2 and 3
+    block_score(score, w, U, V[2:], A, B, R, C, 2, 2, 4, 0.5, 0.25, 0.125, True)
+    expected = updated[2:].abs() + 0.25 * A[2:] @ B + 0.125 * (R[2:, None] + C[None, :])
+    torch.testing.assert_close(score, expected)
+
+
+def _warn_no_triton() -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    warnings.warn("triton does not import: PST runs its unfused torch reference on CUDA, with 2-3x the kernel "
+                  "launches per layer; install triton (it ships with torch's CUDA builds) for the fused kernels",
+                  stacklevel=3)
+
+
+def _kernels():
+    """The Triton kernels, imported on first use."""
+    from . import _triton_kernels
+
+    return _triton_kernels
+
+
+#: Rows x columns of a kernel's tile: long along k (contiguous in memory). Triton's interpreter
+#: runs one tile per numpy call, so it gets large ones (tests set small ones, to cross tile edges).
+TILES = (16, 128)
+INTERPRETER_TILES = (256, 1024)
+
+
+def _tiles(n: int, k: int) -> dict:
+    bm, bn = INTERPRETER_TILES if os.environ.get("TRITON_INTERPRET") == "1" else TILES
+    return {"BM": bm, "BN": bn, "grid": (-(-n // bm), -(-k // bn))}
+
+
+def _launch(kernel, n: int, k: int, *args, **constants) -> None:
+    tiles = _tiles(n, k)
+    grid = tiles.pop("grid")
+    kernel[grid](*args, **constants, **tiles)
+
+
+def _factors(U, V, block_of_row):
+    """Dummy pointers where a factor is absent (never read: the kernels branch on constants)."""
+    return (U if U is not None else block_of_row, V if V is not None else block_of_row)
+
+
+# -- the ops ------------------------------------------------------------------------------------
+# Arguments: ``weight`` is W as (n, k), any strides (a Conv1D's is transposed); ``U`` (n, r) and
+# ``V`` (blocks * r, k) contiguous; ``block_of_row`` (n,) int32, each row's block (a fused layer)
+# or None; ``bits`` the packed mask or None.
+
+
+@torch.library.custom_op("pst::masked_update", mutates_args=())
+def masked_update(weight: torch.Tensor, U: torch.Tensor | None, V: torch.Tensor | None,
+                  block_of_row: torch.Tensor | None, bits: torch.Tensor | None, beta: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """M * (W + beta U V) as a new contiguous (n, k) tensor in ``dtype``."""
+    n, k = weight.shape
+    out = torch.empty(n, k, dtype=dtype, device=weight.device)
+    kernel = _kernels().masked_update_kernel
+    anchor = bits if bits is not None else weight
+    U_, V_ = _factors(U, V, anchor)
+    _launch(kernel, n, k, out, weight, weight.stride(0), weight.stride(1), U_, V_,
+            block_of_row if block_of_row is not None else anchor, bits if bits is not None else anchor, n, k, beta,
+            RANK=U.shape[1] if U is not None else 1, HAS_UPDATE=U is not None, FUSED=block_of_row is not None,
+            HAS_MASK=bits is not None)
+    return out
+
+
+@masked_update.register_fake
+def _(weight, U, V, block_of_row, bits, beta, dtype):
+    return weight.new_empty(weight.shape, dtype=dtype)
+
+
+@torch.library.custom_op("pst::straight_through", mutates_args=("grad", "score"))
+def straight_through(grad: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, U: torch.Tensor | None,
+                     V: torch.Tensor | None, block_of_row: torch.Tensor | None, bits: torch.Tensor | None,
+                     beta: float, need_updated: bool, need_score: bool, magnitude: bool) -> None:
+    """``score`` := W' * G (if ``need_score``); ``grad`` (G) := G * (M + |W'|), or G * M without
+    the ``magnitude`` term (if ``need_updated``). ``grad`` and ``score`` are contiguous (n, k)."""
+    n, k = weight.shape
+    kernel = _kernels().straight_through_kernel
+    anchor = grad
+    U_, V_ = _factors(U, V, anchor)
+    _launch(kernel, n, k, grad, score if need_score else anchor, weight, weight.stride(0), weight.stride(1), U_, V_,
+            block_of_row if block_of_row is not None else anchor, bits if bits is not None else anchor, n, k, beta,
+            RANK=U.shape[1] if U is not None else 1, HAS_UPDATE=U is not None, FUSED=block_of_row is not None,
+            HAS_MASK=bits is not None, NEED_UPDATED=need_updated, NEED_SCORE=need_score, MAGNITUDE=magnitude)
+
+
+@straight_through.register_fake
+def _(grad, score, weight, U, V, block_of_row, bits, beta, need_updated, need_score, magnitude):
+    return None
+
+
+@torch.library.custom_op("pst::block_score", mutates_args=("out",))
+def block_score(out: torch.Tensor, weight: torch.Tensor, U: torch.Tensor | None, V: torch.Tensor | None,
+                A: torch.Tensor | None, B: torch.Tensor | None, R: torch.Tensor | None, C: torch.Tensor | None,
+                start: int, size: int, period: int, beta: float, alpha1: float, alpha2: float,
+                magnitude: bool) -> None:
+    """S of one block into ``out`` (its rows, k), contiguous. The block's rows of the whole weight are
+    ``start`` ... ``start + size`` of every ``period`` rows; W, U, A, R run over all rows, and V (r, k),
+    B (r_s, k) and C (k,) are the block's own."""
+    rows, k = out.shape
+    kernel = _kernels().score_kernel
+    anchor = out
+    U_, V_ = _factors(U, V, anchor)
+    A_, B_ = _factors(A, B, anchor)
+    R_, C_ = _factors(R, C, anchor)
+    _launch(kernel, rows, k, out, weight, weight.stride(0), weight.stride(1), U_, V_, A_, B_, R_, C_, rows, k,
+            start, size, period, beta, alpha1, alpha2,
+            RANK=U.shape[1] if U is not None else 1, SCORE_RANK=A.shape[1] if A is not None else 1,
+            MAGNITUDE=magnitude, HAS_UPDATE=U is not None, HAS_LOW_RANK=A is not None, HAS_STRUCTURED=R is not None)
+
+
+@block_score.register_fake
+def _(out, weight, U, V, A, B, R, C, start, size, period, beta, alpha1, alpha2, magnitude):
+    return None
