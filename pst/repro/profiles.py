@@ -125,8 +125,9 @@ SCORE_VARIANTS = {
 }
 RANK_VARIANTS = {"smoke": (2, 8), "paper": (2, 4, 8, 16)}
 #: Both include 50% and 90%, the two sparsities APT's Table 7 reports for BERT-base (notebook 04);
-#: the smoke 90% runs are glue-bert's and train once.
-SPARSITY_SWEEP = {"smoke": (0.5, 0.8, 0.9, 0.95), "paper": (0.5, 0.7, 0.8, 0.9, 0.95)}
+#: the smoke 90% runs are glue-bert's and train once. The smoke sweep has no 80% point: its three
+#: runs (~20 s) do not fit the 10-minute budget of the whole reproduction.
+SPARSITY_SWEEP = {"smoke": (0.5, 0.9, 0.95), "paper": (0.5, 0.7, 0.8, 0.9, 0.95)}
 
 
 def _single_setting(runs: list[GlueRunConfig], profile: str) -> list[GlueRunConfig]:
