@@ -14,6 +14,8 @@ memory and peak x LoRA.
     python benchmarks/train_step.py --layers 2 --steps 2             # a quick look
     python benchmarks/train_step.py --count-ops --precision bf16     # + kernel launches and bytes per step
     python benchmarks/train_step.py --compile                        # every method under torch.compile
+    TRITON_INTERPRET=1 python benchmarks/train_step.py --count-ops --kernels triton --steps 1 --warmup 1
+                                                                     # the launches of PST's fused CUDA path, on CPU
 
 Shapes: ``bert-base`` (12 encoder layers, hidden 768, FFN 3072, sequence classification),
 ``gpt2-medium`` (24 layers, hidden 1024, Conv1D with fused q/k/v, language modelling),
@@ -35,7 +37,11 @@ moves by a few percent from run to run.
 reports the ops that launch kernels, their ratio to dense, the bytes moved by PST's own ops
 per sparsified weight, and the host synchronisations in pst code: what decides GPU step
 time, counted exactly on a CPU. ``--compile`` wraps each model in ``torch.compile``
-(inductor) before the warm-up steps, which then include compilation.
+(inductor) before the warm-up steps, which then include compilation. ``--kernels`` picks
+PST's implementation (``pst.kernels``): ``auto`` (fused Triton kernels on CUDA, the torch
+reference elsewhere), ``reference``, or ``triton``, which on a CPU runs the kernels in Triton's
+interpreter (``TRITON_INTERPRET=1``): its launch counts and bytes are the CUDA path's, its
+times mean nothing.
 
 On a CPU shared with other work, pass ``--threads 1``: with two threads, a descheduled
 OpenMP thread stalls every parallel region, and PST (many more, smaller parallel regions
@@ -120,6 +126,9 @@ def worker(method: str, args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    import pst
+
+    pst.kernels.set_mode(args.kernels)
     cuda = args.device.startswith("cuda")
     model = _build(method, args)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -223,7 +232,8 @@ def _reply(value) -> None:
 def measure(args) -> dict:
     """Time every method in its own process, one step each in turn, so load changes hit all alike."""
     settings = [f"--{name}={getattr(args, name)}" for name in
-                ("device", "shape", "precision", "layers", "batch", "seq", "sparsity", "steps", "warmup", "threads")]
+                ("device", "shape", "precision", "layers", "batch", "seq", "sparsity", "steps", "warmup", "threads",
+                 "kernels")]
     settings += [flag for flag, on in (("--compile", args.compile), ("--count-ops", args.count_ops)) if on]
     workers = {}
     for method in args.methods:  # built one after the other: peak build memory stays one model's
@@ -280,7 +290,7 @@ def table(results: dict, args) -> str:
     lines = [
         f"One training step, {args.shape} ({args.layers} layers), batch {args.batch}x{args.seq}, {args.precision}, "
         f"sparsity {args.sparsity}, {args.device}: {device}; median of {args.steps} steps after {args.warmup} "
-        "warm-up, methods stepping in turn",
+        f"warm-up, methods stepping in turn; PST kernels: {args.kernels}",
         "",
         "| method | step (ms) | × dense | × LoRA | × official | " + ("CPU time × dense | " if cpu else "")
         + "peak memory (MiB) | peak × LoRA | above model × LoRA | trainable params |",
@@ -321,6 +331,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--count-ops", action="store_true", help="also count kernel launches and bytes of one step")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (inductor)")
+    parser.add_argument("--kernels", choices=("auto", "reference", "triton"), default="auto",
+                        help="PST's implementation (pst.kernels); triton on a CPU needs TRITON_INTERPRET=1")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     layers, cpu_batch, cuda_batch, seq = SHAPES[args.shape]
