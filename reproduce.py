@@ -14,6 +14,9 @@ unreadable record is moved aside and its run redone. Records made by other code 
 version of ``pst/``) stop everything before training unless ``--rerun-stale`` (redo them) or
 ``--keep-stale-records`` (use them) says what to do; ``--force`` redoes every run.
 
+Notebooks that share no run execute side by side (``--jobs``; by default two at a time in the
+smoke profile, where tiny models leave a CPU core idle, one at a time in the paper profile);
+notebooks sharing a run execute one after the other, so it trains once, and the report last.
 Executed notebooks are kept under <out>/executed. A failing notebook is reported with its
 failing cell and error; the others still run. Exit status: 0 done, 1 a notebook failed,
 2 bad arguments, 3 records made by other code were found and nothing ran.
@@ -27,8 +30,11 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -44,6 +50,7 @@ NOTEBOOKS = (
     "09_report",
 )
 ALWAYS_RERUN = {"09_report"}  # cheap, and it must see every record (other shards included)
+RUN_LAST = {"09_report"}  # reads what every other notebook wrote
 #: Notebook parameters that this script's own flags set; ``-p`` cannot override them.
 FLAG_PARAMETERS = {"profile": "--profile", "out_dir": "--out", "shard": "--shard", "force": "--force",
                    "stale_records": "--rerun-stale / --keep-stale-records"}
@@ -94,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true", help="with the plan, list every run and its fate")
     parser.add_argument("--shard", help="i/n: run only shard i (0-based) of n of the runs")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="notebooks executed side by side, among those that share no run (default: 2 in the "
+                             "smoke profile on a machine with 2 or more CPUs, else 1)")
     parser.add_argument("--update-notebooks", action="store_true",
                         help="write each notebook that ran without error back over its source in notebooks/, with "
                              "its outputs (smoke profile, no -p or --shard: the committed notebooks show that run)")
@@ -114,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.update_notebooks and (args.profile != "smoke" or args.parameter or args.shard or args.dry_run):
         parser.error("--update-notebooks writes the smoke run of the notebooks' own defaults: "
                      "use it with --profile smoke and without -p, --shard or --dry-run")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs is None:
+        args.jobs = min(2, os.cpu_count() or 1) if args.profile == "smoke" else 1
     args.names = list(NOTEBOOKS) if args.all else list(args.only)
     args.declared = {name: notebook_parameters(name) for name in args.names}
     for key, _ in args.parameter:
@@ -203,6 +217,36 @@ def stale_stop(planned: list) -> str | None:
     return (f"{len({p.run_id for p in refused})} planned record(s) were made by other code ({per_notebook}), "
             f"e.g. {refused[0].run_id}: {refused[0].detail}.\nNothing was run. Rerun them with --rerun-stale "
             "(or redo every run with --force), or keep them with --keep-stale-records.")
+
+
+def notebook_groups(names: list[str], planned: list) -> list[list[str]]:
+    """``names`` in groups that may execute side by side, each group in the given order: notebooks
+    sharing a planned run are one group (so the first trains it and the others reuse it), and
+    the :data:`RUN_LAST` ones follow every other group, one per group."""
+    runs = {name: {p.run_id for p in planned if p.notebook == name} for name in names}
+    groups: list[list[str]] = []
+    for name in names:
+        if name in RUN_LAST:
+            continue
+        joined = [group for group in groups if any(runs[name] & runs[other] for other in group)]
+        merged = sorted([other for group in joined for other in group] + [name], key=names.index)
+        at = groups.index(joined[0]) if joined else len(groups)
+        groups = [group for group in groups if group not in joined]
+        groups.insert(min(at, len(groups)), merged)
+    return groups + [[name] for name in names if name in RUN_LAST]
+
+
+def kernel_threads(profile: str, jobs: int) -> dict[str, str]:
+    """The notebooks' kernels' OpenMP threads, as environment variables (none if ``OMP_NUM_THREADS``
+    is set). The smoke profile trains with one each: its numbers then depend neither on
+    ``--jobs`` nor on the machine's core count (float sums change with the thread count), and
+    kernels side by side do not stall each other's parallel regions. Elsewhere kernels side by
+    side share the cores."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    if profile == "smoke":
+        return {"OMP_NUM_THREADS": "1"}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))} if jobs > 1 else {}
 
 
 def _state_path(out: Path) -> Path:
@@ -299,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     state = _load_state(out)
     failures = []
-    for position, name in enumerate(args.names, 1):
+    lock = threading.Lock()  # the state file and the failure list, shared by the groups' threads
+
+    def run_notebook(position: int, name: str) -> None:
         fingerprint = _fingerprint(name, parameters[name])
         done = state.get(name, {})
         trains = any(p.action == "redo" for p in planned if p.notebook == name)
@@ -307,26 +353,41 @@ def main(argv: list[str] | None = None) -> int:
                 and done.get("fingerprint") == fingerprint and done.get("ok")):
             logger.info("[%d/%d] %s: finished earlier with the same parameters and code, nothing to train: skipped",
                         position, len(args.names), name)
-            continue
+            return
         logger.info("[%d/%d] %s ...", position, len(args.names), name)
         t0 = time.time()
         try:
             execute(name, parameters[name], out, args.timeout)
         except Exception as error:  # noqa: BLE001 - reported, counted, and the exit status says so
             message = describe_failure(name, error)
-            failures.append(message)
             logger.error("[%d/%d] %s", position, len(args.names), message)
-            state[name] = {"fingerprint": fingerprint, "ok": False, "error": message}
+            outcome, problems = {"fingerprint": fingerprint, "ok": False, "error": message}, [message]
         else:
             logger.info("[%d/%d] %s done in %.0f s", position, len(args.names), name, time.time() - t0)
-            state[name] = {"fingerprint": fingerprint, "ok": True, "seconds": round(time.time() - t0, 1)}
+            outcome, problems = {"fingerprint": fingerprint, "ok": True, "seconds": round(time.time() - t0, 1)}, []
             if args.update_notebooks:
                 try:
                     update_notebook(name, out)
                 except ValueError as error:  # an output not fit to commit: the source stays as it was
-                    failures.append(str(error))
+                    problems.append(str(error))
                     logger.error("[%d/%d] %s", position, len(args.names), error)
-        _save_state(out, state)
+        with lock:
+            failures.extend(problems)
+            state[name] = outcome
+            _save_state(out, state)
+
+    def run_group(group: list[str]) -> None:
+        for name in group:
+            run_notebook(args.names.index(name) + 1, name)
+
+    groups = notebook_groups(args.names, planned)
+    last = [group for group in groups if group[0] in RUN_LAST]
+    with mock.patch.dict(os.environ, kernel_threads(args.profile, args.jobs)):  # the kernels inherit it
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(run_group, group) for group in groups if group not in last]:
+                future.result()
+        for group in last:
+            run_group(group)
     logger.info("finished in %.0f s; outputs in %s", time.time() - started, out)
     if failures:
         logger.error("%d notebook(s) failed:\n%s", len(failures), "\n".join(f"  {m}" for m in failures))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -197,7 +198,9 @@ def build_tiny_model(
         raise ValueError(f"vocab_size={vocab_size!r} is too small; expected >= 300")
     folder = Path(folder)
     settings = _tiny_settings(arch, corpus, vocab_size, seed) | {"pretrain_steps": pretrain_steps}
-    with _one_process_at_a_time():
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per folder: the processes of a launcher, and notebooks running side by side.
+    with _one_process_at_a_time(), FileLock(folder.with_name(folder.name + ".lock")):
         if _is_complete(folder, settings):
             logger.info("reusing tiny %s model in %s", arch, folder)
             return folder
