@@ -382,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
 
     groups = notebook_groups(args.names, planned)
     last = [group for group in groups if group[0] in RUN_LAST]
+    if args.jobs > 1:
+        logger.info("%d notebooks at a time; in order, as they share runs: %s", args.jobs,
+                    "; ".join(" -> ".join(group) for group in groups if len(group) > 1) or "none")
     with mock.patch.dict(os.environ, kernel_threads(args.profile, args.jobs)):  # the kernels inherit it
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for future in [pool.submit(run_group, group) for group in groups if group not in last]:
