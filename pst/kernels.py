@@ -21,6 +21,7 @@ CPU only with ``TRITON_INTERPRET=1``) or ``reference``; :func:`set_mode` changes
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -98,16 +99,17 @@ def _self_check(device: torch.device) -> None:
     bits = torch.randint(0, 256, (8,), dtype=torch.uint8, generator=g).to(device)
     mask = (bits.view(-1, 1) >> torch.arange(8, dtype=torch.uint8, device=device) & 1).bool().view(4, 16)
     updated = w + 0.5 * (U.view(4, 1, 2) @ V.view(2, 2, 16)[block_of_row.long()]).view(4, 16)
-    torch.testing.assert_close(masked_update(w, U, V, block_of_row, bits, 0.5, torch.float32), updated * mask)
+    close = functools.partial(torch.testing.assert_close, rtol=1e-4, atol=1e-5)  # fp32 sums, in another order
+    close(masked_update(w, U, V, block_of_row, bits, 0.5, torch.float32), updated * mask)
     grad, grad_score = torch.randn(4, 16, generator=g).to(device), torch.empty(4, 16, device=device)
     original = grad.clone()
     straight_through(grad, grad_score, w, U, V, block_of_row, bits, 0.5, True, True, True)
-    torch.testing.assert_close(grad_score, updated * original)
-    torch.testing.assert_close(grad, original * (mask + updated.abs()))
+    close(grad_score, updated * original)
+    close(grad, original * (mask + updated.abs()))
     score = torch.empty(2, 16, device=device)  # block 1: rows 2 and 3
     block_score(score, w, U, V[2:], A, B, R, C, 2, 2, 4, 0.5, 0.25, 0.125, True)
     expected = updated[2:].abs() + 0.25 * A[2:] @ B + 0.125 * (R[2:, None] + C[None, :])
-    torch.testing.assert_close(score, expected)
+    close(score, expected)
 
 
 def _warn_no_triton() -> None:
