@@ -632,7 +632,7 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
     if fused:  # both at once, dL/dW' written over G
         grad_score, grad_updated = _fused_straight_through(spec, score_needs, weight_needs, grad_effective, w, U, V,
                                                            bits, block_of_row)
-        del grad_effective
+        grad_effective = None
     else:  # dL/dS in place of W'; dL/dW' (in place of dL/dS or G) once the score's gradients are taken
         grad_score = _score_gradient(spec, score_needs, grad_effective, updated, U is not None)
     del updated
@@ -652,7 +652,7 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
     if weight_needs:
         if grad_updated is None:
             grad_updated = _updated_gradient(spec, needs[9], grad_score, grad_effective, mask)
-        del mask, grad_score
+        del grad_effective, mask, grad_score
         if needs[1]:
             grad_weight = grad_updated.t() if spec.transposed else grad_updated
         # Rank-r products cast the small factor to the n x k gradient's dtype, never the other
