@@ -25,7 +25,7 @@ FREE = {
     "select", "as_strided", "alias", "detach", "empty", "empty_like", "empty_strided", "new_empty",
     "new_empty_strided", "_reshape_alias", "split", "split_with_sizes", "chunk", "unbind", "diagonal",
     "view_as", "expand_as", "unflatten", "flatten", "lift_fresh", "_record_function_enter_new",
-    "_record_function_exit",
+    "_record_function_exit", "promote_types",  # the last computes a dtype on the host
 }
 # Reading a value back: a device-to-host synchronisation for a tensor on an accelerator. AdamW's
 # step counters are CPU tensors even on CUDA (no sync), so only reads from pst code are counted.

@@ -32,7 +32,7 @@ from .surgery import (
 __all__ = [
     "ARCHITECTURE_DEFAULTS", "METHODS", "AdapterCheckpointCallback", "MethodSpec", "PSTConfig", "SparseLayer",
     "SparsityCallback", "SparsityScheduler", "TrainableParameters", "adapter_state_dict", "cubic_sparsity",
-    "distributed", "find_targets", "kernels", "get_method", "invalidate_masks", "is_n_m_sparse", "keep_mask", "load_adapter",
+    "distributed", "find_targets", "get_method", "invalidate_masks", "is_n_m_sparse", "keep_mask", "kernels", "load_adapter",
     "load_compressed", "merge", "num_pruned", "optimizer_parameters", "refresh_masks", "save_adapter", "save_compressed",
     "set_sparsity", "sparse_layers", "sparsify", "sparsity_report", "to_semi_structured", "trainable_parameters",
 ]

@@ -550,14 +550,6 @@ def _factor(U: torch.Tensor | None) -> torch.Tensor | None:
     return None if U is None else U.contiguous()
 
 
-def _promoted(a: torch.dtype, b: torch.dtype) -> torch.dtype:
-    """The wider of two float dtypes, as torch would promote them (without dispatching an op)."""
-    if a == b:
-        return a
-    width = {torch.float64: 3, torch.float32: 2}
-    return a if width.get(a, 1) > width.get(b, 1) else b if width.get(b, 1) > width.get(a, 1) else torch.float32
-
-
 def _masked(updated: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype, reuse: bool = False) -> torch.Tensor:
     """M * W' in ``dtype``, in one pass (the product is written straight in the compute dtype);
     ``reuse``: W' may be overwritten."""
@@ -670,7 +662,7 @@ def _score_gradient(spec: LayerSpec, score_needs: bool, grad_effective, updated,
     """dL/dS = G * W' (G = dL/d(M * W')), written over W' when ``reusable`` and no precision is lost."""
     if not (score_needs or spec.magnitude_score_grad):
         return None
-    if reusable and _promoted(updated.dtype, grad_effective.dtype) == updated.dtype:
+    if reusable and torch.promote_types(updated.dtype, grad_effective.dtype) == updated.dtype:
         return updated.mul_(grad_effective)
     return grad_effective * updated
 
@@ -690,7 +682,7 @@ def _updated_gradient(spec: LayerSpec, score_grad: bool, grad_score, grad_effect
 def _fused_straight_through(spec: LayerSpec, score_needs: bool, weight_needs: bool, grad_effective, w, U, V, bits,
                             block_of_row):
     """(dL/dS, dL/dW') as :func:`_score_gradient` and :func:`_updated_gradient`, by one kernel writing dL/dW' over G."""
-    dtype = _promoted(w.dtype, grad_effective.dtype)
+    dtype = torch.promote_types(w.dtype, grad_effective.dtype)
     grad = grad_effective.to(dtype)
     grad_score = torch.empty_like(grad) if score_needs else grad.new_empty(0)
     kernels.straight_through(grad, grad_score, w, _factor(U), None if V is None else V.view(-1, spec.in_features),
