@@ -74,7 +74,9 @@ class OpCounter(TorchDispatchMode):
         self.pst_bytes = 0
         self.total_bytes = 0
         self.pst_syncs = 0
-        self.sequence: list[tuple] = []  # (op, input shapes) of every launching op, to compare two steps
+        # Every launching op with what a CUDA graph would bake into it: input shapes and dtypes, and
+        # every argument that is not a tensor. Two steps a graph can replay have equal sequences.
+        self.sequence: list[tuple] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -94,7 +96,8 @@ class OpCounter(TorchDispatchMode):
         if ours and not _is_dense_product(name, args):
             self.pst_ops[name] += 1
             self.pst_bytes += moved
-        self.sequence.append((name, tuple(tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor))))
+        self.sequence.append((name, tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t
+                                          for t in inputs)))
         return out
 
     @property

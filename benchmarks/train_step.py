@@ -16,6 +16,7 @@ memory and peak x LoRA.
     python benchmarks/train_step.py --compile                        # every method under torch.compile
     TRITON_INTERPRET=1 python benchmarks/train_step.py --count-ops --kernels triton --steps 1 --warmup 1
                                                                      # the launches of PST's fused CUDA path, on CPU
+    python benchmarks/train_step.py --device cuda --capturable       # each whole step replayed as a CUDA graph
 
 Shapes: ``bert-base`` (12 encoder layers, hidden 768, FFN 3072, sequence classification),
 ``gpt2-medium`` (24 layers, hidden 1024, Conv1D with fused q/k/v, language modelling),
@@ -42,6 +43,14 @@ PST's implementation (``pst.kernels``): ``auto`` (fused Triton kernels on CUDA, 
 reference elsewhere), ``reference``, or ``triton``, which on a CPU runs the kernels in Triton's
 interpreter (``TRITON_INTERPRET=1``): its launch counts and bytes are the CUDA path's, its
 times mean nothing.
+
+``--capturable`` gives the pruning methods a capturable schedule (``pst.SparsityScheduler(...,
+capturable=True)``, stepped after each optimizer step: the mask rebuild then happens there,
+selected by ``"sort"`` from counts held on the device) and AdamW ``capturable=True``; on CUDA
+every method's whole step (forward, backward, optimizer, schedule) is captured once in a CUDA
+graph after the warm-up and the timed steps replay it. On a CPU it only changes what
+``--count-ops`` counts. Not with ``official`` (host-side sorting) nor fp16 (the gradient
+scaler reads its scale back).
 
 On a CPU shared with other work, pass ``--threads 1``: with two threads, a descheduled
 OpenMP thread stalls every parallel region, and PST (many more, smaller parallel regions
@@ -133,9 +142,15 @@ def worker(method: str, args) -> None:
     model = _build(method, args)
     params = [p for p in model.parameters() if p.requires_grad]
     sparsified = _sparsified_weights(model, args)
+    scheduler = None
+    if args.capturable and method in ("pst", "movement", "magnitude"):  # a constant schedule at the target
+        scheduler = pst.SparsityScheduler(model, total_steps=1000, warmup_fraction=0.0, cooldown_fraction=0.0,
+                                          initial_sparsity=args.sparsity, final_sparsity=args.sparsity,
+                                          capturable=True)
     if args.compile:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(params, lr=1e-5, foreach=True)  # as on CUDA by default
+    # foreach=True as on CUDA by default; capturable keeps AdamW's step counts on the device.
+    optimizer = torch.optim.AdamW(params, lr=1e-5, foreach=True, capturable=args.capturable and cuda)
     ids, labels = _batch(args)
     device_type = "cuda" if cuda else "cpu"
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
@@ -153,6 +168,12 @@ def worker(method: str, args) -> None:
             scaler.step(optimizer)
             scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+
+    eager_step = step  # what --count-ops records: a replayed graph dispatches no op
+    if args.capturable and cuda:
+        step = _captured(step, args.warmup)
 
     rss_before = _current_rss_mib()
     if cuda:
@@ -164,7 +185,7 @@ def worker(method: str, args) -> None:
     counted = None
     for line in sys.stdin:
         if line.strip() == "count":
-            counted = _count_step(step, sparsified)
+            counted = _count_step(eager_step, sparsified)
             _reply("counted")
             continue
         if line.strip() != "step":
@@ -192,6 +213,23 @@ def worker(method: str, args) -> None:
     if counted:
         result.update(counted)
     _reply(result)
+
+
+def _captured(step, warmup: int):
+    """``step`` captured in a CUDA graph after ``warmup`` steps on a side stream (torch's recipe
+    for whole-network capture); returns what replays it."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 1)):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def _sparsified_weights(model, args) -> int:
@@ -234,7 +272,8 @@ def measure(args) -> dict:
     settings = [f"--{name}={getattr(args, name)}" for name in
                 ("device", "shape", "precision", "layers", "batch", "seq", "sparsity", "steps", "warmup", "threads",
                  "kernels")]
-    settings += [flag for flag, on in (("--compile", args.compile), ("--count-ops", args.count_ops)) if on]
+    settings += [flag for flag, on in (("--compile", args.compile), ("--count-ops", args.count_ops),
+                                       ("--capturable", args.capturable)) if on]
     workers = {}
     for method in args.methods:  # built one after the other: peak build memory stays one model's
         workers[method] = subprocess.Popen([sys.executable, __file__, "--worker", method, *settings],
@@ -290,7 +329,8 @@ def table(results: dict, args) -> str:
     lines = [
         f"One training step, {args.shape} ({args.layers} layers), batch {args.batch}x{args.seq}, {args.precision}, "
         f"sparsity {args.sparsity}, {args.device}: {device}; median of {args.steps} steps after {args.warmup} "
-        f"warm-up, methods stepping in turn; PST kernels: {args.kernels}",
+        f"warm-up, methods stepping in turn; PST kernels: {args.kernels}"
+        + ("; capturable schedule" + (", steps replayed as CUDA graphs" if not cpu else "") if args.capturable else ""),
         "",
         "| method | step (ms) | × dense | × LoRA | × official | " + ("CPU time × dense | " if cpu else "")
         + "peak memory (MiB) | peak × LoRA | above model × LoRA | trainable params |",
@@ -305,7 +345,8 @@ def table(results: dict, args) -> str:
             f"{_ratio(r['above_model_mib'], lora, 'above_model_mib')} | {r['trainable']:,} |"
         )
     if any("launches" in r for r in results.values()):
-        lines += ["", "Kernel-launching ops of one step (mask selection as on accelerators, sync-free):", "",
+        selection = "sort, counts on the device" if args.capturable else "as on accelerators, sync-free"
+        lines += ["", f"Kernel-launching ops of one step (mask selection {selection}):", "",
                   "| method | launching ops | × dense | PST's own ops | PST's own bytes per sparsified weight | "
                   "syncs in pst code | GB moved |", "|---|---|---|---|---|---|---|"]
         for method, r in results.items():
@@ -333,8 +374,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (inductor)")
     parser.add_argument("--kernels", choices=("auto", "reference", "triton"), default="auto",
                         help="PST's implementation (pst.kernels); triton on a CPU needs TRITON_INTERPRET=1")
+    parser.add_argument("--capturable", action="store_true",
+                        help="a capturable schedule and optimizer; on CUDA, every step replayed as a CUDA graph")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.capturable and not args.worker and ("official" in args.methods or args.precision == "fp16"):
+        parser.error("--capturable takes neither the official method (host-side sorting) nor fp16 (gradient scaling)")
     layers, cpu_batch, cuda_batch, seq = SHAPES[args.shape]
     cuda = args.device.startswith("cuda")
     args.layers = args.layers or layers

@@ -104,3 +104,35 @@ def score_kernel(OUT, W, sw0, sw1, U, V, A, B, R, C, n, k, start, size, period, 
         per_column = tl.load(C + cols, mask=cols < k, other=0.0).to(tl.float32)
         s += alpha2 * (per_row[:, None] + per_column[None, :])
     tl.store(OUT + rows.to(tl.int64)[:, None] * k + cols[None, :], s.to(OUT.dtype.element_ty), mask=inside)
+
+
+# -- the selection: one row of scores per program row, a tile of BN entries along it ------------
+@triton.jit
+def tie_count_kernel(S, THRESHOLD, BELOW, TIED, m, tiles, BN: tl.constexpr):
+    """Per tile of each row: the entries below the row's threshold and those equal to it."""
+    row, tile = tl.program_id(0), tl.program_id(1)
+    cols = tile * BN + tl.arange(0, BN)
+    inside = cols < m
+    s = tl.load(S + row.to(tl.int64) * m + cols, mask=inside, other=0.0).to(tl.float32)  # exact from 16 bits
+    threshold = tl.load(THRESHOLD + row).to(tl.float32)
+    tl.store(BELOW + row * tiles + tile, tl.sum(((s < threshold) & inside).to(tl.int32), axis=0))
+    tl.store(TIED + row * tiles + tile, tl.sum(((s == threshold) & inside).to(tl.int32), axis=0))
+
+
+@triton.jit
+def select_bits_kernel(S, THRESHOLD, STILL, TIED_BEFORE, OUT, m, tiles, nbytes, BN: tl.constexpr):
+    """The keep-mask bits of a tile: prune what is below the threshold and the first ``still`` of
+    the row's entries equal to it (``TIED_BEFORE``: those in earlier tiles); bit i of byte j is
+    entry 8 j + i, and entries past the row's end are kept (padding, as ``pack_mask``)."""
+    row, tile = tl.program_id(0), tl.program_id(1)
+    cols = tile * BN + tl.arange(0, BN)
+    inside = cols < m
+    s = tl.load(S + row.to(tl.int64) * m + cols, mask=inside, other=0.0).to(tl.float32)  # exact from 16 bits
+    threshold = tl.load(THRESHOLD + row).to(tl.float32)
+    tied = (s == threshold) & inside
+    rank = tl.load(TIED_BEFORE + row * tiles + tile) + tl.cumsum(tied.to(tl.int32), axis=0)
+    pruned = ((s < threshold) & inside) | (tied & (rank <= tl.load(STILL + row)))
+    keep = tl.where(pruned, 0, 1)
+    byte = tl.sum(tl.reshape(keep, (BN // 8, 8)) << tl.arange(0, 8)[None, :], axis=1)
+    at = tile * (BN // 8) + tl.arange(0, BN // 8)
+    tl.store(OUT + row.to(tl.int64) * nbytes + at, byte.to(tl.uint8), mask=at < nbytes)

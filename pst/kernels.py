@@ -8,7 +8,10 @@ bits, where the reference takes four to six ops and as many round trips through 
 - ``masked_update``: M * (W + beta U V) in the compute dtype (forward, and again in backward);
 - ``straight_through``: from G = dL/d(M * W'), dL/dS = W' * G and dL/dW' = G * (M + |W'|)
   (G * M when the score has no |W'| term), the latter written over G;
-- ``block_score``: S = |W + beta U V| + alpha1 A B + alpha2 (R 1^T + 1 C^T) of one fused block.
+- ``block_score``: S = |W + beta U V| + alpha1 A B + alpha2 (R 1^T + 1 C^T) of one fused block;
+- ``tie_counts`` and ``select_bits``: given each row's threshold (``pst.masking``), the keep-mask
+  of a stack of scores straight as bits, with the exact tie rule, in two reads of the scores
+  where the reference takes ten passes over them and their boolean masks.
 
 Each is a ``torch.library`` custom op with a fake implementation, so ``torch.compile``
 traces a layer whole (the ops stay opaque to inductor, fused already). Sums run in fp32
@@ -133,6 +136,13 @@ def _kernels():
 #: runs one tile per numpy call, so it gets large ones (tests set small ones, to cross tile edges).
 TILES = (16, 128)
 INTERPRETER_TILES = (256, 1024)
+#: Entries of one row per program of the selection kernels (a multiple of 8: whole bytes).
+SELECT_TILE = 1024
+INTERPRETER_SELECT_TILE = 1 << 16
+
+
+def _select_tile() -> int:
+    return INTERPRETER_SELECT_TILE if os.environ.get("TRITON_INTERPRET") == "1" else SELECT_TILE
 
 
 def _tiles(n: int, k: int) -> dict:
@@ -223,3 +233,42 @@ def block_score(out: torch.Tensor, weight: torch.Tensor, U: torch.Tensor | None,
 @block_score.register_fake
 def _(out, weight, U, V, A, B, R, C, start, size, period, beta, alpha1, alpha2, magnitude):
     return None
+
+
+@torch.library.custom_op("pst::tie_counts", mutates_args=())
+def tie_counts(scores: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``scores`` (rows, m), contiguous: the entries below ``threshold`` (rows, 1), and
+    per tile of ``SELECT_TILE`` entries those equal to it, (rows, tiles) int32 each."""
+    rows, m = scores.shape
+    tile = _select_tile()
+    tiles = -(-m // tile)
+    below, tied = (torch.empty(rows, tiles, dtype=torch.int32, device=scores.device) for _ in range(2))
+    _kernels().tie_count_kernel[(rows, tiles)](scores, threshold, below, tied, m, tiles, BN=tile)
+    return below.sum(1, keepdim=True, dtype=torch.int32), tied
+
+
+@tie_counts.register_fake
+def _(scores, threshold):
+    tiles = -(-scores.shape[1] // _select_tile())
+    return (scores.new_empty(scores.shape[0], 1, dtype=torch.int32),
+            scores.new_empty(scores.shape[0], tiles, dtype=torch.int32))
+
+
+@torch.library.custom_op("pst::select_bits", mutates_args=())
+def select_bits(scores: torch.Tensor, threshold: torch.Tensor, still: torch.Tensor,
+                tied_before: torch.Tensor) -> torch.Tensor:
+    """Keep-mask bits, (rows, ceil(m / 8)) uint8: entries below ``threshold`` are pruned, and of
+    those equal to it the first ``still`` (rows, 1) of the row; ``tied_before`` (rows, tiles):
+    the tied entries in earlier tiles (from :func:`tie_counts`)."""
+    rows, m = scores.shape
+    tile = _select_tile()
+    nbytes = -(-m // 8)
+    out = torch.empty(rows, nbytes, dtype=torch.uint8, device=scores.device)
+    _kernels().select_bits_kernel[(rows, tied_before.shape[1])](scores, threshold, still, tied_before, out, m,
+                                                               tied_before.shape[1], nbytes, BN=tile)
+    return out
+
+
+@select_bits.register_fake
+def _(scores, threshold, still, tied_before):
+    return scores.new_empty(scores.shape[0], -(-scores.shape[1] // 8), dtype=torch.uint8)

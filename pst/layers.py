@@ -145,6 +145,8 @@ class SparseLayer(nn.Module):
         self._mask_bits: torch.Tensor | None = None
         self._mask_key = None  # what the mask was built from (see _state_key)
         self._peers: list[SparseLayer] | None = None  # layers whose masks are rebuilt together
+        # Pruned counts held on the device, set by a capturable schedule (``pst.device_schedule``).
+        self.device_prunes = None
         self._create_parameters(config)
         self._create_constants()
         _watch_optimizer_steps()
@@ -274,6 +276,7 @@ class SparseLayer(nn.Module):
     def _replicate_for_data_parallel(self):
         replica = super()._replicate_for_data_parallel()
         replica._mask_bits, replica._mask_key = None, None  # each replica builds its own on its device
+        replica.device_prunes = None  # from the host's counts: the table is on the original's device
         return replica
 
     def _mask_buffer(self) -> torch.Tensor:
@@ -408,6 +411,10 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
     ``_STACK_ENTRIES`` entries) and selected in one call; each block's score is computed
     straight into its row of the stack. Every mask is written into its layer's bits in
     place: old and new masks never coexist.
+
+    A layer given ``device_prunes`` (a capturable schedule) takes its pruned counts from the
+    device and is selected by ``"sort"``, with no decision on the host's count: the same ops
+    whatever the step.
     """
     groups: dict[tuple, list] = defaultdict(list)
     fresh, fused = [], []
@@ -422,7 +429,11 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
             fresh.append((layer, key))
             bits = layer._mask_buffer()
             prunes = layer._block_prunes()
+            on_device = layer.device_prunes
             support = exact = None
+            if layer.keep_zeros and on_device is not None:
+                raise ValueError("keep_zeros counts the base's zeros on the host: it cannot take its pruned "
+                                 "counts from the device (a capturable schedule)")
             if layer.keep_zeros:  # at least the base's zeros, pruned first
                 support = base_weights.support(layer._oriented(layer.weight))
                 scored = layer.magnitude_score or layer.A is not None or layer.R is not None
@@ -430,7 +441,7 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
                 if all(exact):  # exactly the base's zeros: nothing to select
                     pack_mask(support, layer.bit_shifts, out=bits)
                     continue
-            if not any(prunes):
+            if not any(prunes) and on_device is None:
                 bits.fill_(0xFF)
                 continue
             # A fused layer's blocks are selected apart and packed together (keep_zeros: into the support).
@@ -444,10 +455,13 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
                 if exact is not None and exact[block]:  # keep_zeros: the support already in ``whole``
                     continue
                 numel = layer.layout.block_rows(block) * k
-                signature = (numel, prune, layer.pattern, layer.dtype, layer.weight.device)
+                count = prune if on_device is None else on_device
+                signature = (numel, count, layer.pattern, layer.dtype, layer.weight.device)
                 groups[signature].append((layer, block, whole))
-        for (numel, prune, pattern, dtype, device), members in groups.items():
-            per_chunk = max(1, _STACK_ENTRIES // numel) if masking.default_strategy(device) == "topk" else 1
+        for (numel, count, pattern, dtype, device), members in groups.items():
+            prune = count if isinstance(count, int) else count.count(numel, device)
+            stacked = not isinstance(prune, int) or masking.default_strategy(device) == "topk"
+            per_chunk = max(1, _STACK_ENTRIES // numel) if stacked else 1
             with _without_autocast(device.type):
                 for start in range(0, len(members), per_chunk):
                     _select(members[start : start + per_chunk], numel, prune, pattern, dtype, device)
@@ -457,8 +471,10 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
         layer._mask_key = key
 
 
-def _select(members: list, numel: int, prune: int, pattern, dtype: torch.dtype, device: torch.device) -> None:
-    if prune == 0:  # a block left whole beside pruned blocks of the same layer
+def _select(members: list, numel: int, prune: int | torch.Tensor, pattern, dtype: torch.dtype,
+            device: torch.device) -> None:
+    keep = bits = None
+    if isinstance(prune, int) and prune == 0:  # a block left whole beside pruned blocks of the same layer
         keep = torch.ones(len(members), numel, dtype=torch.bool, device=device)
     else:
         scores = torch.empty(len(members), numel, dtype=dtype, device=device)
@@ -467,14 +483,24 @@ def _select(members: list, numel: int, prune: int, pattern, dtype: torch.dtype, 
             if layer.keep_zeros:  # the base's zeros (``whole`` holds the support) go first
                 scores[row].view(layer.layout.repeats, -1, layer.in_features).masked_fill_(
                     ~layer.layout.rows_of(whole, block), -torch.inf)
-        keep = keep_mask(scores, prune, pattern)
+        sync_free = not isinstance(prune, int) or masking.default_strategy(device) == "topk"
+        if sync_free and kernels.enabled(scores):  # compared, tie-broken and packed by two kernels
+            bits = masking.keep_bits(scores, prune, pattern)
+        else:
+            keep = keep_mask(scores, prune, pattern)
     for row, (layer, block, whole) in enumerate(members):
         if whole is None:
-            pack_mask(keep[row], layer.bit_shifts, out=layer._mask_bits)
-        elif layer.keep_zeros:  # ANDed with the support: an N:M group's extra zeros are no candidates, still zero
-            layer.layout.rows_of(whole, block).logical_and_(keep[row].view(layer.layout.repeats, -1, layer.in_features))
+            if bits is not None:
+                layer._mask_bits.copy_(bits[row])
+            else:
+                pack_mask(keep[row], layer.bit_shifts, out=layer._mask_bits)
+            continue
+        block_keep = keep[row] if bits is None else unpack_mask(bits[row], layer.bit_shifts, 1, numel)
+        block_keep = block_keep.view(layer.layout.repeats, -1, layer.in_features)
+        if layer.keep_zeros:  # ANDed with the support: an N:M group's extra zeros are no candidates, still zero
+            layer.layout.rows_of(whole, block).logical_and_(block_keep)
         else:
-            layer.layout.rows_of(whole, block).copy_(keep[row].view(layer.layout.repeats, -1, layer.in_features))
+            layer.layout.rows_of(whole, block).copy_(block_keep)
 
 
 # Bytes of mask packed per pass: bounds the packing temporary (one byte per entry) for LLM-sized

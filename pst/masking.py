@@ -13,6 +13,10 @@ the lowest index are pruned first. Two strategies give bit-identical masks:
   ``.item()``, no boolean indexing, no ``nonzero``), one ``topk`` for a whole stack of
   same-shaped matrices; ties are resolved with a cumulative count over the tied entries.
   ``kthvalue`` is never used there: on CUDA it is 30 to 300x slower than ``topk``.
+- ``"sort"`` (CUDA graphs): the pruned count is a device tensor (``pst.capture``), the rows
+  are sorted and the threshold is read at that count, so every step of the schedule issues
+  the same kernels with the same shapes and arguments; ties as for ``"topk"``. A sort costs
+  more than ``topk``'s selection; it is what a captured step can replay.
 
 N:M patterns restrict the candidates first (see :func:`keep_mask`). No package provides
 this, hence the code.
@@ -31,7 +35,7 @@ _SAMPLE_SIZE = 8192
 _BRACKET_SIGMAS = 6.0
 _SAMPLE_SEED = 0x5EED
 
-STRATEGIES = ("kthvalue", "topk")
+STRATEGIES = ("kthvalue", "topk", "sort")
 UNSTRUCTURED = "unstructured"
 
 
@@ -74,7 +78,10 @@ def default_strategy(device: torch.device) -> str:
 
 
 def keep_mask(
-    scores: torch.Tensor, prune: int, pattern: tuple[int, int] | None = None, strategy: str | None = None
+    scores: torch.Tensor,
+    prune: int | torch.Tensor,
+    pattern: tuple[int, int] | None = None,
+    strategy: str | None = None,
 ) -> torch.Tensor:
     """Boolean keep-mask for ``scores`` of shape (matrices, entries): each row loses exactly ``prune``.
 
@@ -88,29 +95,63 @@ def keep_mask(
     schedule, and at sparsity 1 - N/M every group holds exactly M - N zeros. Scores must
     be finite: non-candidates are set aside as +inf.
 
-    ``strategy``: ``"kthvalue"`` or ``"topk"`` (the default picks by device); both give the
-    same mask.
+    ``strategy``: ``"kthvalue"``, ``"topk"`` or ``"sort"`` (the default picks by device); all
+    give the same mask. ``prune`` as an integer tensor on the scores' device (0-d, or one
+    count per row) selects with ``"sort"``, without reading the count back to the host.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D (matrices, entries), got shape {tuple(scores.shape)}")
-    strategy = strategy or default_strategy(scores.device)
+    on_device = isinstance(prune, torch.Tensor)
+    strategy = strategy or ("sort" if on_device else default_strategy(scores.device))
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown selection strategy {strategy!r}; expected one of {STRATEGIES}")
+    if on_device and strategy != "sort":
+        raise ValueError(f"a pruned count held in a tensor is selected by 'sort', not {strategy!r}")
     m = scores.shape[1]
-    if pattern is not None:
-        candidate = nm_candidates(scores, *pattern)
-        prune = min(prune, m // pattern[1] * (pattern[1] - pattern[0]))
-        scores = scores.masked_fill(~candidate, math.inf)
+    scores, prune = _candidates(scores, prune, pattern)
+    if strategy == "sort":
+        prune = torch.as_tensor(prune, device=scores.device)
+        return _keep_above(scores, _sorted_threshold(scores, prune), prune)
     if prune <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
     if prune >= m:
         return torch.zeros_like(scores, dtype=torch.bool)
     if strategy == "topk":
-        return _keep_topk(scores, prune)
+        return _keep_above(scores, _topk_threshold(scores, prune), prune)
     mask = torch.empty_like(scores, dtype=torch.bool)
     for row in range(scores.shape[0]):
         _keep_row(scores[row], prune, out=mask[row])
     return mask
+
+
+def keep_bits(scores: torch.Tensor, prune: int | torch.Tensor, pattern: tuple[int, int] | None = None) -> torch.Tensor:
+    """:func:`keep_mask` with a sync-free strategy (``"sort"`` for a count in a tensor,
+    ``"topk"`` otherwise), packed: (rows, ceil(entries / 8)) uint8, bit i of byte j is entry
+    8 j + i, padding kept. The comparison with the threshold, the tie rule and the packing are
+    ``pst.kernels``' fused selection: for the devices those kernels run on."""
+    from . import kernels
+
+    scores, prune = _candidates(scores.contiguous(), prune, pattern)
+    if isinstance(prune, torch.Tensor):
+        threshold = _sorted_threshold(scores, prune)
+        prune = prune.reshape(-1, 1)
+    elif prune <= 0:
+        return torch.full((scores.shape[0], -(-scores.shape[1] // 8)), 0xFF, dtype=torch.uint8, device=scores.device)
+    else:  # a count past the row's end prunes it whole: its largest entry is the threshold
+        threshold = _topk_threshold(scores, min(prune, scores.shape[1]))
+    below, tied = kernels.tie_counts(scores, threshold)
+    # Of the tied entries, the first (prune - #below) by index are pruned (as in _keep_above).
+    return kernels.select_bits(scores, threshold, prune - below, tied.cumsum(1, dtype=torch.int32) - tied)
+
+
+def _candidates(scores: torch.Tensor, prune, pattern: tuple[int, int] | None):
+    """With an N:M pattern, the scores with non-candidates set aside (+inf) and the count capped."""
+    if pattern is None:
+        return scores, prune
+    candidate = nm_candidates(scores, *pattern)
+    most = scores.shape[1] // pattern[1] * (pattern[1] - pattern[0])
+    prune = prune.clamp(max=most) if isinstance(prune, torch.Tensor) else min(prune, most)
+    return scores.masked_fill(~candidate, math.inf), prune
 
 
 def nm_candidates(scores: torch.Tensor, kept: int, group: int) -> torch.Tensor:
@@ -124,17 +165,31 @@ def nm_candidates(scores: torch.Tensor, kept: int, group: int) -> torch.Tensor:
     return candidate.view_as(scores)
 
 
-def _keep_topk(scores: torch.Tensor, prune: int) -> torch.Tensor:
-    """Sync-free selection for a stack of rows: one topk, then exact tie-breaking by index."""
+def _topk_threshold(scores: torch.Tensor, prune: int) -> torch.Tensor:
+    """Each row's prune-th smallest entry (1 <= prune <= entries), (rows, 1), by one topk, sync-free:
+    from whichever of the two topk calls is smaller."""
     m = scores.shape[1]
-    # The prune-th smallest value, from whichever of the two topk calls is smaller.
     if prune <= m - prune:
-        threshold = torch.topk(scores, prune, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
-    else:
-        threshold = torch.topk(scores, m - prune + 1, dim=1, sorted=False).values.amin(1, keepdim=True)
+        return torch.topk(scores, prune, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
+    return torch.topk(scores, m - prune + 1, dim=1, sorted=False).values.amin(1, keepdim=True)
+
+
+def _sorted_threshold(scores: torch.Tensor, prune: torch.Tensor) -> torch.Tensor:
+    """Each row's prune-th smallest entry with the count on the device, (rows, 1): the same ops,
+    shapes and arguments for every count. For prune = 0 it is the smallest entry, which then
+    prunes nothing (no entry is below it and no tie is due)."""
+    index = (prune.reshape(-1, 1) - 1).clamp(0, scores.shape[1] - 1).expand(scores.shape[0], 1)
+    return torch.sort(scores, dim=1).values.gather(1, index)
+
+
+def _keep_above(scores: torch.Tensor, threshold: torch.Tensor, prune: int | torch.Tensor) -> torch.Tensor:
+    """Keep what is above the threshold, and of the entries equal to it all but the first
+    (by index) prune - #below."""
     below = scores < threshold
     tied = scores == threshold
     # Of the tied entries, the first (prune - #below) by index are pruned.
+    if isinstance(prune, torch.Tensor):
+        prune = prune.reshape(-1, 1)
     still = prune - below.sum(1, keepdim=True, dtype=torch.int32)
     pruned_tied = tied & (tied.cumsum(1, dtype=torch.int32) <= still)
     return ~(below | pruned_tied)

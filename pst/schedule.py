@@ -6,8 +6,9 @@ import logging
 from torch import nn
 from transformers import TrainerCallback
 
+from .device_schedule import DevicePrunes
 from .distributed import unwrap
-from .surgery import CONFIG_ATTRIBUTE, refresh_masks, set_sparsity, sparse_layers
+from .surgery import CONFIG_ATTRIBUTE, invalidate_masks, refresh_masks, set_sparsity, sparse_layers
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class SparsityScheduler:
     DDP/FSDP wrappers; an argument given here overrides it. A model without one (a bare
     ``SparseLayer``) must be given ``final_sparsity``: a silent default of 0.9 would hide a
     config that was lost.
+
+    ``capturable=True`` is for steps captured in CUDA graphs (``torch.cuda.graph``, or a
+    compiled step with its optimizer and ``scheduler.step()`` inside): the step counter and
+    the pruned counts move on the device (``pst.device_schedule``), and each ``step()``
+    rebuilds every mask with the same kernels and arguments, ramp or not. The host-side
+    ``last_step`` and the layers' ``sparsity`` move only when ``step()`` runs in Python, not
+    when a graph replays it. Not with ``keep_zeros`` nor with FSDP-sharded layers.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class SparsityScheduler:
         initial_sparsity: float | None = None,
         final_sparsity: float | None = None,
         last_step: int = 0,
+        capturable: bool = False,
     ) -> None:
         model = unwrap(model)
         config = getattr(model, CONFIG_ATTRIBUTE, None)
@@ -94,7 +103,22 @@ class SparsityScheduler:
         self.final_sparsity = pick(final_sparsity, "sparsity", 0.9)
         self.last_step = last_step
         self.get_sparsity()  # validate the arguments now, not at the first step
+        self.device_prunes = self._on_device() if capturable else None
         self._apply()
+
+    def _on_device(self) -> DevicePrunes:
+        layers = [layer for _, layer in sparse_layers(self.model) if layer.spec.prunes]
+        for layer in layers:
+            if layer.keep_zeros:
+                raise ValueError("capturable=True does not support keep_zeros: its pruned counts depend on the "
+                                 "base's zeros, counted on the host")
+            layer._require_whole_weights()
+        numels = [layer.layout.block_rows(block) * layer.in_features for layer in layers for block in range(layer.blocks)]
+        prunes = DevicePrunes(self.get_sparsity, self.total_steps, numels, [layer.weight.device for layer in layers],
+                              self.last_step)
+        for layer in layers:
+            layer.device_prunes = prunes
+        return prunes
 
     def get_sparsity(self, step: int | None = None) -> float:
         return cubic_sparsity(
@@ -108,23 +132,31 @@ class SparsityScheduler:
 
     def step(self) -> float:
         self.last_step += 1
+        if self.device_prunes is not None:
+            self.device_prunes.advance()
         return self._apply()
 
     def set_step(self, step: int) -> float:
         self.last_step = step
+        if self.device_prunes is not None:
+            self.device_prunes.set_step(step)
         return self._apply()
 
     def _apply(self) -> float:
         sparsity = self.get_sparsity()
         set_sparsity(self.model, sparsity)
+        if self.device_prunes is not None:  # the same rebuild at every step, whatever the host knows
+            invalidate_masks(self.model)
         refresh_masks(self.model)  # here, outside any compiled step (see pst.refresh_masks)
         return sparsity
 
     def state_dict(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key != "model"}
+        return {key: value for key, value in self.__dict__.items() if key not in ("model", "device_prunes")}
 
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
+        if self.device_prunes is not None:  # the table follows the loaded schedule
+            self.device_prunes = self._on_device()
         self._apply()
 
 

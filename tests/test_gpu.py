@@ -85,3 +85,53 @@ def test_cuda_masks_equal_cpu_masks(method):
     model.cpu()
     for name, layer in pst.sparse_layers(model):
         assert torch.equal(layer.effective_weight() != 0, on_cuda[name].cpu()), name
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+def test_a_whole_training_step_replays_in_a_cuda_graph_along_the_ramp(precision):
+    """Forward, backward, optimizer and schedule captured once and replayed through warm-up,
+    ramp and cool-down: after each replay the masks are those an eager rebuild selects."""
+    from pst.schedule import cubic_sparsity
+
+    model = sparse_block(sparsity=0.9)
+    optimizer = torch.optim.Adam(pst.optimizer_parameters(model), lr=1e-3, capturable=True)
+    scheduler = pst.SparsityScheduler(model, total_steps=12, capturable=True)
+    x = torch.randn(8, 16, 64, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=precision or torch.float32, enabled=precision is not None):
+            loss = model(x).float().square().mean()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    side = torch.cuda.Stream()  # warm-up on a side stream, as torch's capture recipe does
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    densities = []
+    for replayed in range(1, 12):
+        graph.replay()
+        torch.cuda.synchronize()
+        layers = [layer for _, layer in pst.sparse_layers(model)]
+        replayed_bits = [layer._mask_bits.clone() for layer in layers]
+        # The eager path, from the host's count, over the same parameters.
+        sparsity = cubic_sparsity(2 + replayed, 12, 0.1, 0.3, 0.0, 0.9)
+        prunes = [layer.device_prunes for layer in layers]
+        for layer in layers:
+            layer.device_prunes = None
+        pst.set_sparsity(model, sparsity)
+        pst.invalidate_masks(model)
+        pst.refresh_masks(model)
+        for layer, bits, device_prunes in zip(layers, replayed_bits, prunes):
+            assert torch.equal(bits, layer._mask_bits), (replayed, sparsity)
+            layer.device_prunes = device_prunes
+        densities.append(sum(layer.mask().float().mean().item() for layer in layers) / len(layers))
+    assert densities == sorted(densities, reverse=True) and densities[0] > densities[-1] + 0.3

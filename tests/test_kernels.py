@@ -43,6 +43,7 @@ CASES = {
 def small_tiles(monkeypatch):
     """Tiles smaller than the test layers, in the interpreter too: programs meet at tile edges."""
     monkeypatch.setattr(kernels, "INTERPRETER_TILES", (8, 16))
+    monkeypatch.setattr(kernels, "INTERPRETER_SELECT_TILE", 16)
 
 
 @pytest.fixture
@@ -129,6 +130,56 @@ def test_masks_equal_the_reference_along_the_schedule(case, mode):
         assert torch.equal(fused.mask(), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pattern", [None, (2, 4)])
+@pytest.mark.parametrize("entries", [64, 100])  # whole tiles and bytes, and a ragged end of both
+def test_the_fused_selection_packs_the_masks_of_the_reference(dtype, pattern, entries):
+    from pst.layers import pack_mask
+    from pst.masking import keep_bits, keep_mask
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, entries, device=DEVICE).to(dtype)
+    scores[:, ::3] = scores[:, 5:6]  # ties across tiles at every threshold
+    shifts = torch.arange(8, dtype=torch.uint8, device=DEVICE)
+
+    def packed(keep):
+        rows = [torch.empty(-(-entries // 8), dtype=torch.uint8, device=DEVICE) for _ in keep]
+        for row, out in zip(keep, rows):
+            pack_mask(row, shifts, out=out)
+        return torch.stack(rows)
+
+    most = entries // 2 if pattern else entries
+    for prune in sorted({0, 1, 7, 33, 34, most - 1, most, most + 5}):
+        expected = packed(keep_mask(scores, prune, pattern, strategy="topk"))
+        assert torch.equal(keep_bits(scores, prune, pattern), expected), prune
+        assert torch.equal(keep_bits(scores, torch.tensor(prune, device=DEVICE), pattern), expected), prune
+    counts = torch.tensor([0, 17, most], device=DEVICE)  # one count per row, on the device
+    assert torch.equal(keep_bits(scores, counts, pattern), packed(keep_mask(scores, counts, pattern)))
+
+
+@pytest.mark.parametrize("case", ["linear-pst", "conv1d-pst-fused", "linear-pst-2:4", "linear-movement"])
+@pytest.mark.parametrize("capturable", [False, True], ids=["topk", "sort"])
+def test_fused_selection_gives_the_reference_masks_in_a_model_step(case, capturable, mode, monkeypatch):
+    """The sync-free strategies (accelerators) select through the fused kernels; the CPU's
+    kthvalue strategy is the reference here."""
+    from pst.device_schedule import DevicePrunes
+
+    reference, fused = _pair(case)
+    for sparsity in (0.2, 0.5) if reference.pattern else (0.2, 0.6, 0.9):
+        reference.sparsity = fused.sparsity = sparsity
+        mode("reference")
+        expected = reference.mask()
+        mode("triton")
+        monkeypatch.setattr(kernels, "_verdicts", {})
+        if capturable:
+            numels = [fused.layout.block_rows(b) * fused.in_features for b in range(fused.blocks)]
+            fused.device_prunes = DevicePrunes(lambda step: sparsity, 1, numels, [fused.weight.device])
+        with monkeypatch.context() as patch:
+            patch.setattr("pst.masking.default_strategy", lambda device: "topk")
+            fused.invalidate()
+            assert torch.equal(fused.mask(), expected), sparsity
+
+
 def test_float64_layers_use_the_reference(mode):
     mode("auto")
     assert not kernels.enabled(torch.zeros(2, 2, dtype=torch.float64, device=DEVICE))
@@ -177,6 +228,22 @@ def test_the_refresh_computes_each_score_in_one_launch(mode):
         layer.refresh_mask()
     assert counter.ops["block_score"] == 3  # one per fused block
     assert not {"abs_", "baddbmm", "baddbmm_", "add_"} & set(counter.ops)
+
+
+def test_the_fused_selection_replaces_the_passes_over_the_scores(mode, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from op_count import OpCounter
+
+    mode("triton")
+    monkeypatch.setattr("pst.masking.default_strategy", lambda device: "topk")
+    layer, _ = _pair("linear-pst")
+    with OpCounter() as counter:
+        layer.refresh_mask()
+    assert counter.ops["tie_counts"] == 1 and counter.ops["select_bits"] == 1
+    # Left of the reference's ten passes: the threshold (topk, amin), the tie prefix (cumsum,
+    # sub), the count still due (rsub) and the copy of the bits into the layer's buffer.
+    assert not {"lt", "eq", "le", "bitwise_and", "bitwise_or", "bitwise_not", "logical_not",
+                "__lshift__"} & set(counter.ops), counter.ops
 
 
 def test_a_compiled_layer_has_no_graph_break_and_equals_eager(mode):

@@ -87,7 +87,9 @@ def test_topk_strategy_equals_kthvalue_strategy_with_ties(values, fraction, bloc
     scores = torch.tensor(values, dtype=dtype).repeat(blocks, 1)
     scores[1:] = scores[1:].flip(1) if blocks > 1 else scores[1:]  # different rows, same tie structure
     prune = math.floor(fraction * scores.shape[1])
-    assert torch.equal(keep_mask(scores, prune, strategy="topk"), keep_mask(scores, prune, strategy="kthvalue"))
+    expected = keep_mask(scores, prune, strategy="kthvalue")
+    assert torch.equal(keep_mask(scores, prune, strategy="topk"), expected)
+    assert torch.equal(keep_mask(scores, prune, strategy="sort"), expected)
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9, 0.99])
@@ -103,7 +105,7 @@ def test_topk_strategy_on_stacked_matrices_with_quantised_scores(sparsity):
 
 def test_unknown_strategy_is_rejected():
     with pytest.raises(ValueError, match="unknown selection strategy"):
-        keep_mask(torch.zeros(1, 4), 1, strategy="sort")
+        keep_mask(torch.zeros(1, 4), 1, strategy="quickselect")
 
 
 # -- N:M ---------------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def test_nm_candidates_are_the_lowest_of_each_group_ties_first_by_index():
     assert nm_candidates(scores, 3, 4).tolist() == [[False, True, False, False, False, False, False, True]]
 
 
-@pytest.mark.parametrize("strategy", ["kthvalue", "topk"])
+@pytest.mark.parametrize("strategy", ["kthvalue", "topk", "sort"])
 def test_nm_mask_ramps_with_exact_counts_and_ends_with_m_minus_n_zeros_per_group(strategy):
     torch.manual_seed(0)
     scores = torch.randn(3, 4096)
