@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything this project wants to know from a GPU, in one call of under 8 minutes: the GPU-only
 # tests, the step benchmark for the three shapes (BERT-base in fp32 and bf16, GPT-2 medium in bf16,
-# LLaMA-7B layers held in bf16, with op counts; BERT-base compiled too, and with PST's unfused
-# reference), and the smoke reproduction. Prints the card's name first; every table names it too.
+# LLaMA-7B layers held in bf16, with op counts; BERT-base compiled too, replayed as CUDA graphs,
+# and with PST's unfused reference), and the smoke reproduction. Prints the card's name first; every table names it too.
 # Usage (repository root, package installed): bash benchmarks/gpu_check.sh [output folder]
 set -uo pipefail
 out=${1:-gpu-check}
@@ -26,6 +26,9 @@ done
 # PST's torch reference beside its fused kernels (the runs above), on the same card.
 run step-bert-base-bf16-reference python train_step.py --device cuda --shape bert-base --precision bf16 \
     --methods dense pst --kernels reference --steps 5 --warmup 2 --count-ops --json "../$out/step-bert-base-bf16-reference.json"
+# Whole steps (forward, backward, AdamW, the capturable schedule's mask rebuild) replayed as CUDA graphs.
+run graphed-bert-base-bf16 python train_step.py --device cuda --shape bert-base --precision bf16 --capturable \
+    --methods dense lora pst --steps 10 --warmup 3 --json "../$out/graphed-bert-base-bf16.json"
 run compiled-bert-base-bf16 python train_step.py --device cuda --shape bert-base --precision bf16 --compile \
     --methods dense lora pst --steps 5 --warmup 3 --json "../$out/compiled-bert-base-bf16.json"
 cd ..

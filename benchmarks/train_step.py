@@ -157,7 +157,9 @@ def worker(method: str, args) -> None:
     scaler = torch.amp.GradScaler(device_type) if args.precision == "fp16" else None
 
     def step():
-        context = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        # A CUDA graph cannot hold autocast's cache of cast weights (torch's CUDA graph notes).
+        context = (torch.autocast(device_type, dtype=autocast_dtype, cache_enabled=not args.capturable)
+                   if autocast_dtype else contextlib.nullcontext())
         with context:
             loss = model(input_ids=ids, labels=labels).loss
         if scaler is None:

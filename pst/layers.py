@@ -314,13 +314,15 @@ class SparseLayer(nn.Module):
         def per_block(parameter: torch.Tensor | None) -> torch.Tensor | None:  # the block's V, B or C
             return parameter[block] if self.blocks > 1 and parameter is not None else parameter
 
-        oriented = self._oriented(self.weight)
+        # W (dequantized, for a quantized base) only where the score reads it.
+        oriented = self._oriented(self.weight) if self.magnitude_score else None
         has_term = self.magnitude_score or self.A is not None or self.R is not None
-        if has_term and self.scores is None and kernels.enabled(oriented):  # one fused pass
+        if has_term and self.scores is None and kernels.enabled(out):  # one fused pass
             layout = self.layout
-            kernels.block_score(out.view(-1, k), oriented, self.U, per_block(self.V), self.A, per_block(self.B), self.R,
-                                per_block(self.C), sum(layout.sizes[:block]), layout.sizes[block], layout.period,
-                                self.beta, self.alpha1, self.alpha2, self.magnitude_score)
+            kernels.block_score(out.view(-1, k), oriented if oriented is not None else out.view(-1, k), self.U,
+                                per_block(self.V), self.A, per_block(self.B), self.R, per_block(self.C),
+                                sum(layout.sizes[:block]), layout.sizes[block], layout.period, self.beta,
+                                self.alpha1, self.alpha2, self.magnitude_score)
             return
         if self.magnitude_score:
             w = rows(oriented, block)

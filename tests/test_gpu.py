@@ -99,7 +99,9 @@ def test_a_whole_training_step_replays_in_a_cuda_graph_along_the_ramp(precision)
     x = torch.randn(8, 16, 64, device="cuda")
 
     def step():
-        with torch.autocast("cuda", dtype=precision or torch.float32, enabled=precision is not None):
+        # cache_enabled=False: a graph cannot hold autocast's cache of cast weights
+        with torch.autocast("cuda", dtype=precision or torch.float32, enabled=precision is not None,
+                            cache_enabled=False):
             loss = model(x).float().square().mean()
         loss.backward()
         optimizer.step()
