@@ -113,6 +113,17 @@ def _self_check(device: torch.device) -> None:
     block_score(score, w, U, V[2:], A, B, R, C, 2, 2, 4, 0.5, 0.25, 0.125, True)
     expected = updated[2:].abs() + 0.25 * A[2:] @ B + 0.125 * (R[2:, None] + C[None, :])
     close(score, expected)
+    # The selection: prune 17 of each row of 44, with ties at the threshold, against torch's tie rule.
+    scores = torch.randn(2, 44, generator=g).to(device)
+    scores[:, ::4] = scores[:, 1:2]
+    threshold = scores.sort(1).values[:, 16:17]
+    below, tied = tie_counts(scores, threshold)
+    bits = select_bits(scores, threshold, 17 - below, tied.cumsum(1, dtype=torch.int32) - tied)
+    ties = scores == threshold
+    pruned = (scores < threshold) | (ties & (ties.cumsum(1) <= 17 - (scores < threshold).sum(1, keepdim=True)))
+    unpacked = (bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=device) & 1).view(2, -1)[:, :44]
+    if not torch.equal(unpacked.bool(), ~pruned):
+        raise AssertionError("the fused selection's mask differs from torch's")
 
 
 def _warn_no_triton() -> None:
@@ -243,7 +254,7 @@ def tie_counts(scores: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Ten
     tile = _select_tile()
     tiles = -(-m // tile)
     below, tied = (torch.empty(rows, tiles, dtype=torch.int32, device=scores.device) for _ in range(2))
-    _kernels().tie_count_kernel[(rows, tiles)](scores, threshold, below, tied, m, tiles, BN=tile)
+    _kernels().tie_count_kernel[(rows, tiles)](scores, threshold.contiguous(), below, tied, m, tiles, BN=tile)
     return below.sum(1, keepdim=True, dtype=torch.int32), tied
 
 
@@ -264,7 +275,8 @@ def select_bits(scores: torch.Tensor, threshold: torch.Tensor, still: torch.Tens
     tile = _select_tile()
     nbytes = -(-m // 8)
     out = torch.empty(rows, nbytes, dtype=torch.uint8, device=scores.device)
-    _kernels().select_bits_kernel[(rows, tied_before.shape[1])](scores, threshold, still, tied_before, out, m,
+    _kernels().select_bits_kernel[(rows, tied_before.shape[1])](scores, threshold.contiguous(), still.contiguous(),
+                                                               tied_before.contiguous(), out, m,
                                                                tied_before.shape[1], nbytes, BN=tile)
     return out
 

@@ -640,13 +640,14 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
     grad_y = grad_y.reshape(-1, n)
     w = _output_by_input(weight, spec.transposed)
     fused = kernels.enabled(w)
-    updated = mask = None
-    if not fused:
-        updated = updated_weight(spec, w, U, V, one_hot)
-        mask = None if bits is None else unpack_mask(bits, table, n, k)
+
+    def unpacked():  # the reference's mask, unpacked for each use: never alive between them
+        return None if bits is None else unpack_mask(bits, table, n, k)
+
+    updated = None if fused else updated_weight(spec, w, U, V, one_hot)
     if needs[0]:
         effective = (_fused_effective(spec, w, U, V, bits, block_of_row, x.dtype) if fused
-                     else _masked(updated, mask, x.dtype))
+                     else _masked(updated, unpacked(), x.dtype))
         grad_x = (grad_y @ effective).view(x.shape)
         del effective
     if needs[2]:
@@ -682,8 +683,8 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
             grad_scores = grad_score
     if weight_needs:
         if grad_updated is None:
-            grad_updated = _updated_gradient(spec, needs[9], grad_score, grad_effective, mask)
-        del grad_effective, mask, grad_score
+            grad_updated = _updated_gradient(spec, needs[9], grad_score, grad_effective, unpacked())
+        del grad_effective, grad_score
         if needs[1]:
             grad_weight = grad_updated.t() if spec.transposed else grad_updated
         # Rank-r products cast the small factor to the n x k gradient's dtype, never the other
