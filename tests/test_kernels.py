@@ -198,7 +198,10 @@ def test_an_unknown_mode_is_refused():
 def test_a_layer_is_two_launches_forward_and_eleven_backward(mode):
     """What the kernels are for: PST's layer forward is M * W' and one product; its backward
     recomputes M * W', takes the two dense products, one straight-through pass, the bias sum
-    and the six rank-r gradients (U, V, A, B, R, C) (the reference: 5 + 16 ops)."""
+    and the six rank-r gradients (U, V, A, B, R, C). The reference takes 5 + 18 ops: W', the
+    mask's lookup (index cast and gather, once per use), M * W' and the product forward; in
+    backward W' again, the mask twice, M * W', dL/dS in place of W', the sign and the masked G
+    for dL/dW', and the same products and sums."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from op_count import OpCounter
 
@@ -216,6 +219,14 @@ def test_a_layer_is_two_launches_forward_and_eleven_backward(mode):
     assert forward.ops["masked_update"] == 1
     assert sum(backward.ops.values()) == 11, backward.ops
     assert backward.ops["straight_through"] == 1 and backward.ops["masked_update"] == 1
+    mode("reference")
+    layer.zero_grad(set_to_none=True)
+    x.grad = None  # no accumulation into the first pass's gradients
+    with OpCounter() as forward:
+        y = layer(x)
+    with OpCounter() as backward:
+        y.backward(grad_y)
+    assert (sum(forward.ops.values()), sum(backward.ops.values())) == (5, 18), (forward.ops, backward.ops)
 
 
 def test_the_refresh_computes_each_score_in_one_launch(mode):
