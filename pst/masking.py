@@ -2,7 +2,7 @@
 
 Every optimizer step needs, for every sparsified matrix, the mask that zeroes exactly
 floor(p * numel) of its smallest scores; among entries tied with the threshold, those with
-the lowest index are pruned first. Two strategies give bit-identical masks:
+the lowest index are pruned first. Three strategies give bit-identical masks:
 
 - ``"kthvalue"`` (CPU): sorting (what the official code does) is O(n log n) with a large
   constant and ``torch.kthvalue`` on a full matrix is still ~30 ms for 3072x768 on a laptop
@@ -13,7 +13,7 @@ the lowest index are pruned first. Two strategies give bit-identical masks:
   ``.item()``, no boolean indexing, no ``nonzero``), one ``topk`` for a whole stack of
   same-shaped matrices; ties are resolved with a cumulative count over the tied entries.
   ``kthvalue`` is never used there: on CUDA it is 30 to 300x slower than ``topk``.
-- ``"sort"`` (CUDA graphs): the pruned count is a device tensor (``pst.capture``), the rows
+- ``"sort"`` (CUDA graphs): the pruned count is a device tensor (``pst.device_schedule``), the rows
   are sorted and the threshold is read at that count, so every step of the schedule issues
   the same kernels with the same shapes and arguments; ties as for ``"topk"``. A sort costs
   more than ``topk``'s selection; it is what a captured step can replay.

@@ -59,8 +59,8 @@ class SparsityScheduler:
     ``SparseLayer``) must be given ``final_sparsity``: a silent default of 0.9 would hide a
     config that was lost.
 
-    ``capturable=True`` is for steps captured in CUDA graphs (``torch.cuda.graph``, or a
-    compiled step with its optimizer and ``scheduler.step()`` inside): the step counter and
+    ``capturable=True`` is for steps captured in CUDA graphs (``torch.cuda.graph`` around
+    forward, backward, a capturable optimizer and ``scheduler.step()``): the step counter and
     the pruned counts move on the device (``pst.device_schedule``), and each ``step()``
     rebuilds every mask with the same kernels and arguments, ramp or not. The host-side
     ``last_step`` and the layers' ``sparsity`` move only when ``step()`` runs in Python, not
@@ -112,7 +112,9 @@ class SparsityScheduler:
             if layer.keep_zeros:
                 raise ValueError("capturable=True does not support keep_zeros: its pruned counts depend on the "
                                  "base's zeros, counted on the host")
-            layer._require_whole_weights()
+            if not layer._weights_present():
+                raise ValueError("capturable=True needs every sparse layer's weights whole on this rank; "
+                                 "FSDP shards them, and its layers rebuild their masks in their units' forward")
         numels = [layer.layout.block_rows(block) * layer.in_features for layer in layers for block in range(layer.blocks)]
         prunes = DevicePrunes(self.get_sparsity, self.total_steps, numels, [layer.weight.device for layer in layers],
                               self.last_step)

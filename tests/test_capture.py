@@ -160,5 +160,5 @@ def test_capturable_refuses_keep_zeros_and_sharded_layers(tiny_model, monkeypatc
         pst.SparsityScheduler(model, total_steps=10, capturable=True)
     model = pst.sparsify(tiny_model("bert"), PSTConfig(sparsity=0.9))
     monkeypatch.setattr(pst.SparseLayer, "_weights_present", lambda self: False)
-    with pytest.raises(ValueError, match="sharded"):
+    with pytest.raises(ValueError, match="weights whole on this rank; FSDP shards them"):
         pst.SparsityScheduler(model, total_steps=10, capturable=True)
