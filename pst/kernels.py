@@ -113,10 +113,11 @@ def _self_check(device: torch.device) -> None:
     block_score(score, w, U, V[2:], A, B, R, C, 2, 2, 4, 0.5, 0.25, 0.125, True)
     expected = updated[2:].abs() + 0.25 * A[2:] @ B + 0.125 * (R[2:, None] + C[None, :])
     close(score, expected)
-    # The selection: prune 17 of each row of 44, with ties at the threshold, against torch's tie rule.
+    # The selection: prune 17 of each row of 44, with ties at the threshold, against torch's tie
+    # rule written out here (pst.masking and pst.layers import this module).
     scores = torch.randn(2, 44, generator=g).to(device)
     scores[:, ::4] = scores[:, 1:2]
-    threshold = scores.sort(1).values[:, 16:17]
+    threshold = scores.sort(1).values[:, 16:17]  # a strided view: the ops must take any layout
     below, tied = tie_counts(scores, threshold)
     bits = select_bits(scores, threshold, 17 - below, tied.cumsum(1, dtype=torch.int32) - tied)
     ties = scores == threshold

@@ -464,11 +464,11 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
                 groups[signature].append((layer, block, whole))
         for (numel, count, pattern, dtype, device), members in groups.items():
             prune = count if isinstance(count, int) else count.count(numel, device)
-            stacked = not isinstance(prune, int) or masking.default_strategy(device) == "topk"
-            per_chunk = max(1, _STACK_ENTRIES // numel) if stacked else 1
+            sync_free = not isinstance(prune, int) or masking.default_strategy(device) == "topk"
+            per_chunk = max(1, _STACK_ENTRIES // numel) if sync_free else 1  # sync-free strategies stack
             with _without_autocast(device.type):
                 for start in range(0, len(members), per_chunk):
-                    _select(members[start : start + per_chunk], numel, prune, pattern, dtype, device)
+                    _select(members[start : start + per_chunk], numel, prune, pattern, dtype, device, sync_free)
         for layer, whole in fused:
             pack_mask(whole, layer.bit_shifts, out=layer._mask_bits)
     for layer, key in fresh:  # only complete masks are ever used
@@ -476,7 +476,7 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
 
 
 def _select(members: list, numel: int, prune: int | torch.Tensor, pattern, dtype: torch.dtype,
-            device: torch.device) -> None:
+            device: torch.device, sync_free: bool) -> None:
     keep = bits = None
     if isinstance(prune, int) and prune == 0:  # a block left whole beside pruned blocks of the same layer
         keep = torch.ones(len(members), numel, dtype=torch.bool, device=device)
@@ -487,7 +487,6 @@ def _select(members: list, numel: int, prune: int | torch.Tensor, pattern, dtype
             if layer.keep_zeros:  # the base's zeros (``whole`` holds the support) go first
                 scores[row].view(layer.layout.repeats, -1, layer.in_features).masked_fill_(
                     ~layer.layout.rows_of(whole, block), -torch.inf)
-        sync_free = not isinstance(prune, int) or masking.default_strategy(device) == "topk"
         if sync_free and kernels.enabled(scores):  # compared, tie-broken and packed by two kernels
             bits = masking.keep_bits(scores, prune, pattern)
         else:
