@@ -117,17 +117,32 @@ def test_forward_and_backward_equal_the_reference(case, precision, mode):
         torch.testing.assert_close(grad, expected[2][name], **tolerance, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("case", ["linear-pst", "conv1d-pst-fused", "linear-pst-2:4", "conv1d-keep-zeros"])
-def test_masks_equal_the_reference_along_the_schedule(case, mode):
-    """The selection reads the fused score: masks agree with the reference's, up to entries whose
-    scores differ from the threshold by rounding (none at these sizes)."""
+@pytest.mark.parametrize("case", ["linear-pst", "conv1d-pst-fused", "linear-pst-2:4", "conv1d-keep-zeros",
+                                  "linear-movement"])
+@pytest.mark.parametrize("selection", ["kthvalue", "topk", "sort"])
+def test_masks_equal_the_reference_along_the_schedule(case, selection, mode, monkeypatch):
+    """The selection reads the fused score: masks agree with the reference's (the CPU's kthvalue
+    strategy on the torch score), up to entries whose scores differ from the threshold by rounding
+    (none at these sizes). The sync-free strategies of accelerators ("topk", and "sort" from a
+    capturable schedule's device counts) select through the fused selection kernels."""
+    from pst.device_schedule import DevicePrunes
+
     reference, fused = _pair(case)
-    for sparsity in (0.4, 0.5) if reference.pattern else (0.4, 0.6, 0.8):
+    if selection == "sort" and reference.keep_zeros:
+        pytest.skip("a capturable schedule refuses keep_zeros")
+    for sparsity in (0.2, 0.4, 0.5) if reference.pattern else (0.2, 0.4, 0.6, 0.8, 0.9):
         reference.sparsity = fused.sparsity = sparsity
         mode("reference")
         expected = reference.mask()
         mode("triton")
-        assert torch.equal(fused.mask(), expected)
+        if selection == "sort":
+            numels = [fused.layout.block_rows(b) * fused.in_features for b in range(fused.blocks)]
+            fused.device_prunes = DevicePrunes(lambda step: sparsity, 1, numels, [fused.weight.device])
+        with monkeypatch.context() as patch:
+            if selection != "kthvalue":
+                patch.setattr("pst.masking.default_strategy", lambda device: "topk")
+            fused.invalidate()
+            assert torch.equal(fused.mask(), expected), sparsity
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -155,29 +170,6 @@ def test_the_fused_selection_packs_the_masks_of_the_reference(dtype, pattern, en
         assert torch.equal(keep_bits(scores, torch.tensor(prune, device=DEVICE), pattern), expected), prune
     counts = torch.tensor([0, 17, most], device=DEVICE)  # one count per row, on the device
     assert torch.equal(keep_bits(scores, counts, pattern), packed(keep_mask(scores, counts, pattern)))
-
-
-@pytest.mark.parametrize("case", ["linear-pst", "conv1d-pst-fused", "linear-pst-2:4", "linear-movement"])
-@pytest.mark.parametrize("capturable", [False, True], ids=["topk", "sort"])
-def test_fused_selection_gives_the_reference_masks_in_a_model_step(case, capturable, mode, monkeypatch):
-    """The sync-free strategies (accelerators) select through the fused kernels; the CPU's
-    kthvalue strategy is the reference here."""
-    from pst.device_schedule import DevicePrunes
-
-    reference, fused = _pair(case)
-    for sparsity in (0.2, 0.5) if reference.pattern else (0.2, 0.6, 0.9):
-        reference.sparsity = fused.sparsity = sparsity
-        mode("reference")
-        expected = reference.mask()
-        mode("triton")
-        monkeypatch.setattr(kernels, "_verdicts", {})
-        if capturable:
-            numels = [fused.layout.block_rows(b) * fused.in_features for b in range(fused.blocks)]
-            fused.device_prunes = DevicePrunes(lambda step: sparsity, 1, numels, [fused.weight.device])
-        with monkeypatch.context() as patch:
-            patch.setattr("pst.masking.default_strategy", lambda device: "topk")
-            fused.invalidate()
-            assert torch.equal(fused.mask(), expected), sparsity
 
 
 def test_float64_layers_use_the_reference(mode):
