@@ -28,13 +28,15 @@ everything in bf16. The zero count is exact either way.
 
 Memory: the autograd function saves only the input, the parameters (no copies) and the mask
 bits; W' and M * W' are recomputed in the backward pass, so no n x k float tensor outlives
-the layer's forward, and at most two live at once inside it (besides the unpacked mask).
+the layer's forward, and at most two live at once inside it (besides the unpacked mask). On
+the reference path a matrix of more than ``_ROW_CHUNK_ENTRIES`` entries (an LLM's) is built,
+differentiated and selected a chunk of rows at a time, so those temporaries are chunk-sized.
 """
 from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -58,6 +60,12 @@ SUPPORTED_MODULES = (nn.Linear, Conv1D)
 # (bounds the temporary memory). The CPU strategy selects matrix by matrix anyway, and a large
 # stack there only costs page faults (670 instead of 440 ms per BERT-base step, one thread).
 _STACK_ENTRIES = 1 << 26
+
+# The reference path builds M * W' and the gradients of a matrix larger than this many
+# entries a chunk of whole rows at a time, so that its n x k temporaries (W', the unpacked
+# mask, dL/dW') stay a few MiB at LLM widths instead of copies of the whole matrix, which
+# LoRA never makes. BERT-base's matrices (2.4M entries at most) run in one piece.
+_ROW_CHUNK_ENTRIES = 1 << 22
 
 # Optimizer steps taken in this process. Fused optimizers (the Trainer's default
 # adamw_torch_fused) update parameters without bumping their version counters, so a mask
@@ -307,9 +315,13 @@ class SparseLayer(nn.Module):
         """A weight parameter in output x input orientation: a view, or this layer's dequantized W (``pst.base_weights``)."""
         return _output_by_input(weight, self.transposed)
 
-    def _block_score(self, block: int, out: torch.Tensor) -> None:
-        """S of one block written into ``out`` (repeats, block rows, k), computed where it lands."""
-        rows = self.layout.rows_of
+    def _block_score(self, block: int, out: torch.Tensor, span: slice | None = None) -> None:
+        """S of one block written into ``out`` (repeats, block rows, k), computed where it lands;
+        with ``span``, only those of the block's rows (in each repetition)."""
+        def rows(tensor: torch.Tensor, block: int) -> torch.Tensor:
+            whole = self.layout.rows_of(tensor, block)
+            return whole if span is None else whole[:, span]
+
         repeats, k = out.shape[0], self.in_features
         filled = False
 
@@ -319,7 +331,7 @@ class SparseLayer(nn.Module):
         # W (dequantized, for a quantized base) only where the score reads it.
         oriented = self._oriented(self.weight) if self.magnitude_score else None
         has_term = self.magnitude_score or self.A is not None or self.R is not None
-        if has_term and self.scores is None and kernels.enabled(out):  # one fused pass
+        if has_term and self.scores is None and span is None and kernels.enabled(out):  # one fused pass
             layout = self.layout
             kernels.block_score(out.view(-1, k), oriented if oriented is not None else out.view(-1, k), self.U,
                                 per_block(self.V), self.A, per_block(self.B), self.R, per_block(self.C),
@@ -468,11 +480,39 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
             per_chunk = max(1, _STACK_ENTRIES // numel) if sync_free else 1  # sync-free strategies stack
             with _without_autocast(device.type):
                 for start in range(0, len(members), per_chunk):
-                    _select(members[start : start + per_chunk], numel, prune, pattern, dtype, device, sync_free)
+                    stack = members[start : start + per_chunk]
+                    if not (sync_free or numel <= _ROW_CHUNK_ENTRIES) and _select_by_rows(*stack[0], prune, pattern):
+                        continue
+                    _select(stack, numel, prune, pattern, dtype, device, sync_free)
         for layer, whole in fused:
             pack_mask(whole, layer.bit_shifts, out=layer._mask_bits)
     for layer, key in fresh:  # only complete masks are ever used
         layer._mask_key = key
+
+
+def _select_by_rows(layer: SparseLayer, block: int, whole, prune: int, pattern) -> bool:
+    """The CPU selection of a matrix too large to score whole, a chunk of rows at a time
+    (:func:`pst.masking.keep_by_chunks`), packed straight into the layer's bits; ``False``
+    when it does not apply (a fused or keep_zeros layer) or the bracket missed."""
+    if layer.blocks > 1 or whole is not None or layer.keep_zeros:
+        return False
+    n, k, bits = layer.out_features, layer.in_features, layer._mask_bits
+    chunks = [slice(rows.start * k, rows.stop * k) for rows in _row_chunks(n, k)]
+
+    def score_of(entries: slice) -> torch.Tensor:
+        out = torch.empty(entries.stop - entries.start, dtype=layer.dtype, device=bits.device)
+        layer._block_score(block, out.view(1, -1, k), span=slice(entries.start // k, entries.stop // k))
+        return out
+
+    def keep_chunk(entries: slice, keep: torch.Tensor) -> None:  # chunks start on a byte (8 rows)
+        pack_mask(keep, layer.bit_shifts, out=bits[entries.start // 8 : -(-entries.stop // 8)])
+
+    kept = masking.keep_by_chunks(score_of, n * k, prune, pattern, chunks, keep_chunk)
+    if kept is None:
+        return False
+    # The kept entries' bits are still 0, and distinct within a byte: adding them sets them.
+    bits.index_add_(0, kept >> 3, (1 << (kept & 7)).to(torch.uint8))
+    return True
 
 
 def _select(members: list, numel: int, prune: int | torch.Tensor, pattern, dtype: torch.dtype,
@@ -535,6 +575,49 @@ def unpack_mask(bits: torch.Tensor, table: torch.Tensor, rows: int, columns: int
     """
     unpacked = torch.index_select(table, 0, bits.int())
     return unpacked.view(-1)[: rows * columns].view(rows, columns)
+
+
+def _row_chunks(n: int, k: int) -> list[slice]:
+    """The row chunks of an (n, k) matrix the reference path works in (:data:`_ROW_CHUNK_ENTRIES`),
+    a multiple of 8 rows each so that every chunk's mask starts on a byte of the packed bits."""
+    rows = max(8, _ROW_CHUNK_ENTRIES // k // 8 * 8)
+    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
+def _rows(tensor: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return None if tensor is None else tensor[rows]
+
+
+def _bits_of_rows(bits: torch.Tensor | None, rows: slice, k: int) -> torch.Tensor | None:
+    """The packed mask of rows ``rows`` of an (n, k) mask (``rows.start`` a multiple of 8)."""
+    return None if bits is None else bits[rows.start * k // 8 : -(-rows.stop * k // 8)]
+
+
+def _reference_forward(spec: LayerSpec, x, w, bias, U, V, bits, table, one_hot, dtype: torch.dtype) -> torch.Tensor:
+    """y = x (M * W')^T + b without the fused kernels, M * W' built a chunk of rows at a time for a
+    large matrix (:func:`_row_chunks`), each chunk's outputs written in place."""
+    n, k = spec.out_features, spec.in_features
+    chunks = _row_chunks(n, k)
+    if len(chunks) == 1:
+        return nn.functional.linear(x, _effective_rows(spec, chunks[0], w, U, V, bits, table, one_hot, dtype), bias)
+    y = x.new_empty(*x.shape[:-1], n)
+    x2d, y2d = x.reshape(-1, k), y.view(-1, n)
+    for rows in chunks:
+        effective = _effective_rows(spec, rows, w, U, V, bits, table, one_hot, dtype)
+        if bias is None:
+            torch.mm(x2d, effective.t(), out=y2d[:, rows])
+        else:
+            torch.addmm(bias[rows], x2d, effective.t(), out=y2d[:, rows])
+        del effective
+    return y
+
+
+def _effective_rows(spec: LayerSpec, rows: slice, w, U, V, bits, table, one_hot, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``rows`` of M * W' in ``dtype``, by the torch reference."""
+    k = spec.in_features
+    mask = None if bits is None else unpack_mask(_bits_of_rows(bits, rows, k), table, rows.stop - rows.start, k)
+    updated = updated_weight(spec, w[rows], _rows(U, rows), V, _rows(one_hot, rows))
+    return _masked(updated, mask, dtype, reuse=U is not None)
 
 
 def _without_autocast(device_type: str):
@@ -610,12 +693,11 @@ class SparseLinearFunction(torch.autograd.Function):
         with _without_autocast(x.device.type):
             x = x.to(dtype)
             w = _output_by_input(weight, spec.transposed)
+            bias = None if bias is None else bias.to(dtype)
             if kernels.enabled(w):
-                effective = _fused_effective(spec, w, U, V, bits, block_of_row, dtype)
+                y = nn.functional.linear(x, _fused_effective(spec, w, U, V, bits, block_of_row, dtype), bias)
             else:
-                mask = None if bits is None else unpack_mask(bits, table, spec.out_features, spec.in_features)
-                effective = _masked(updated_weight(spec, w, U, V, one_hot), mask, dtype, reuse=U is not None)
-            y = nn.functional.linear(x, effective, None if bias is None else bias.to(dtype))
+                y = _reference_forward(spec, x, w, bias, U, V, bits, table, one_hot, dtype)
         ctx.spec = spec
         ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row)
         return y
@@ -631,13 +713,64 @@ class SparseLinearFunction(torch.autograd.Function):
 
 def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, scores, bits, table, one_hot,
               block_of_row):
-    """The gradients, with at most two n x k temporaries besides the unpacked mask: in the
+    """The gradients, each in its input's dtype (see :func:`_gradients`)."""
+    n, k = spec.out_features, spec.in_features
+    grad_y = grad_y.reshape(-1, n)
+    w = _output_by_input(weight, spec.transposed)
+    chunks = [slice(0, n)] if kernels.enabled(w) else _row_chunks(n, k)
+    if len(chunks) == 1:
+        grads = _gradients(spec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row)
+    else:
+        grads = _chunked_gradients(spec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, table, one_hot,
+                                   chunks)
+    grad_x = None if grads[0] is None else grads[0].view(x.shape)
+    return _in_dtypes((grad_x, *grads[1:]), x, weight, U, V, A, B, R, C, scores)
+
+
+# Gradients every row chunk adds to (x, V, B, C); the others are stacked by rows.
+_SUMMED_OVER_ROWS = (0, 4, 6, 8)
+
+
+def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, table, one_hot,
+                       chunks: list[slice]) -> list:
+    """:func:`_gradients` a chunk of rows at a time (the reference path for a large matrix, see
+    :func:`_row_chunks`), into gradients allocated before any chunk's temporaries: one allocated
+    among them would outlive them and pin their memory in the heap."""
+    k = spec.in_features
+    inputs = (x.view(-1, k), weight, grad_y[0], U, V, A, B, R, C, scores)
+    grads = [_gradient_buffer(i, like) if need and like is not None else None
+             for i, (need, like) in enumerate(zip(needs, inputs))]
+    for rows in chunks:
+        part = _gradients(replace(spec, out_features=rows.stop - rows.start), needs, grad_y[:, rows], x, w[rows],
+                          _rows(U, rows), V, _rows(A, rows), B, _rows(R, rows), C, _rows(scores, rows),
+                          _bits_of_rows(bits, rows, k), table, _rows(one_hot, rows), None, grad_x=grads[0])
+        for i, grad in enumerate(part):
+            if grad is None or i == 0:  # dL/dx is accumulated in place
+                continue
+            if i in _SUMMED_OVER_ROWS:
+                grads[i].add_(grad)
+            else:  # a Conv1D's weight gradient is input x output: its rows are columns
+                (grads[i][:, rows] if i == 1 and spec.transposed else grads[i][rows]).copy_(grad)
+    return grads
+
+
+def _gradient_buffer(index: int, like: torch.Tensor) -> torch.Tensor:
+    """Where the chunks' gradient of input ``index`` goes: stacked rows, or a zero sum (for V, B
+    and C in at least fp32, as one product over all rows would sum them; dL/dx in x's dtype, the
+    products' own)."""
+    if index not in _SUMMED_OVER_ROWS:
+        return torch.empty_like(like)
+    return torch.zeros_like(like, dtype=like.dtype if index == 0 else torch.promote_types(like.dtype, torch.float32))
+
+
+def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row,
+               grad_x: torch.Tensor | None = None) -> tuple:
+    """The gradients from grad_y (tokens, n) and W as (n, k), dL/dx as (tokens, k), added to
+    ``grad_x`` when given; at most two n x k temporaries besides the unpacked mask: in the
     reference, W' becomes dL/dS and then dL/dW' in place (when W' is not the weight itself);
     with the fused kernels, dL/dW' is written over dL/d(M * W')."""
     n, k = spec.out_features, spec.in_features
-    grad_x = grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
-    grad_y = grad_y.reshape(-1, n)
-    w = _output_by_input(weight, spec.transposed)
+    grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
     fused = kernels.enabled(w)
 
     def unpacked():  # the reference's mask, unpacked for each use: never alive between them
@@ -647,15 +780,14 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
     if needs[0]:
         effective = (_fused_effective(spec, w, U, V, bits, block_of_row, x.dtype) if fused
                      else _masked(updated, unpacked(), x.dtype))
-        grad_x = (grad_y @ effective).view(x.shape)
+        grad_x = grad_y @ effective if grad_x is None else grad_x.addmm_(grad_y, effective)
         del effective
     if needs[2]:
         grad_bias = grad_y.sum(0)
     score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
     weight_needs = needs[1] or needs[3] or needs[4]
     if not (score_needs or weight_needs):
-        return _in_dtypes((grad_x, None, grad_bias, None, None, None, None, None, None, None), x, weight, U, V, A,
-                          B, R, C, scores)
+        return grad_x, None, grad_bias, None, None, None, None, None, None, None
     # dL/d(M * W'), the dense gradient every method needs: the third matrix product of a layer.
     grad_effective = grad_y.t() @ x.reshape(-1, k)
     # Straight-through: dL/dS = dL/dM = dL/d(M * W') * W' (in at least the parameters' precision).
@@ -693,8 +825,7 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
             grad_U = _fold(_scaled(grad_updated @ V.view(-1, k).t().to(dtype), spec.beta), one_hot)
         if needs[4]:
             grad_V = _scaled(_spread(U, one_hot).t().to(dtype) @ grad_updated, spec.beta).view(V.shape)
-    return _in_dtypes((grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores),
-                      x, weight, U, V, A, B, R, C, scores)
+    return grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores
 
 
 def _score_gradient(spec: LayerSpec, score_needs: bool, grad_effective, updated, reusable: bool):

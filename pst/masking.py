@@ -8,7 +8,8 @@ the lowest index are pruned first. Three strategies give bit-identical masks:
   constant and ``torch.kthvalue`` on a full matrix is still ~30 ms for 3072x768 on a laptop
   CPU, so the threshold is estimated from a fixed-size sample, bracketed, and the exact
   selection runs only inside the narrow bracket. It reads counts back to the host, which
-  costs nothing on a CPU.
+  costs nothing on a CPU. A matrix too large to score whole is scored a chunk at a time, twice
+  (:func:`keep_by_chunks`): once for the sample, once to classify its entries.
 - ``"topk"`` (CUDA and other accelerators): no device-to-host synchronisation at all (no
   ``.item()``, no boolean indexing, no ``nonzero``), one ``topk`` for a whole stack of
   same-shaped matrices; ties are resolved with a cumulative count over the tied entries.
@@ -25,12 +26,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import torch
 
 # Below this many entries a direct kthvalue is as fast as the bracketing.
 _DIRECT_SELECTION_MAX = 1 << 16
 _SAMPLE_SIZE = 8192
+# The chunked selection's sample (:func:`keep_by_chunks`, matrices of millions of entries):
+# larger, for a bracket three times narrower, whose entries it keeps until the end.
+_CHUNKED_SAMPLE_SIZE = 1 << 16
 # Half-width of the bracket, in standard deviations of the sampled quantile.
 _BRACKET_SIGMAS = 6.0
 _SAMPLE_SEED = 0x5EED
@@ -219,16 +224,8 @@ def _bracketed(row: torch.Tensor, k: int, out: torch.Tensor):
     the bracket missed (``out`` is then to be overwritten).
     """
     m = row.numel()
-    # A private generator: the sample must not disturb the training run's random stream.
-    generator = torch.Generator(device=row.device).manual_seed(_SAMPLE_SEED)
-    sample = row[torch.randint(m, (_SAMPLE_SIZE,), generator=generator, device=row.device)]
-    q = k / m
-    half_width = _BRACKET_SIGMAS * math.sqrt(q * (1 - q) / _SAMPLE_SIZE) + 2.0 / _SAMPLE_SIZE
-    lo_pos = max(0, math.floor((q - half_width) * _SAMPLE_SIZE))
-    hi_pos = min(_SAMPLE_SIZE - 1, math.ceil((q + half_width) * _SAMPLE_SIZE))
-    # Two selections in the sample cost a seventh of sorting it.
-    lo, hi = sample.kthvalue(lo_pos + 1).values, sample.kthvalue(hi_pos + 1).values
-    if lo_pos > 0:
+    lo, hi = _bracket(row[_sample_positions(m, _SAMPLE_SIZE, row.device)], k, m)
+    if lo is not None:
         torch.ge(row, lo, out=out)
         below = m - int(torch.count_nonzero(out))
         inside = out & (row <= hi)
@@ -244,3 +241,79 @@ def _bracketed(row: torch.Tensor, k: int, out: torch.Tensor):
     pruned_inside = values <= value
     out[index[pruned_inside]] = False
     return value, below + int(torch.count_nonzero(pruned_inside)), index, values
+
+
+def _sample_positions(m: int, size: int, device: torch.device) -> torch.Tensor:
+    # A private generator: the sample must not disturb the training run's random stream.
+    generator = torch.Generator(device=device).manual_seed(_SAMPLE_SEED)
+    return torch.randint(m, (size,), generator=generator, device=device)
+
+
+def _bracket(sample: torch.Tensor, k: int, m: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Bounds (lo, hi) that hold the k-th smallest of m entries but for a 6-sigma miss, from a
+    uniform sample of them; lo is ``None`` when the bracket reaches down to the smallest."""
+    q, size = k / m, sample.numel()
+    half_width = _BRACKET_SIGMAS * math.sqrt(q * (1 - q) / size) + 2.0 / size
+    lo_pos = max(0, math.floor((q - half_width) * size))
+    hi_pos = min(size - 1, math.ceil((q + half_width) * size))
+    # Two selections in the sample cost a seventh of sorting it.
+    hi = sample.kthvalue(hi_pos + 1).values
+    return (sample.kthvalue(lo_pos + 1).values if lo_pos > 0 else None), hi
+
+
+def keep_by_chunks(score_of: Callable[[slice], torch.Tensor], numel: int, prune: int,
+                   pattern: tuple[int, int] | None, chunks: list[slice],
+                   keep_chunk: Callable[[slice, torch.Tensor], None]) -> torch.Tensor | None:
+    """The ``"kthvalue"`` selection of a matrix scored a chunk at a time, for one too large to
+    score whole (an LLM's, on a CPU): no temporary is larger than a chunk, besides the
+    bracket's entries (a few percent of the matrix).
+
+    ``score_of(entries)`` gives the scores of a range of the row-major entries; ``chunks``
+    cover them in order (each a multiple of M entries for an N:M pattern). Every chunk is
+    scored twice: once for the sample that brackets the threshold, once to pass its entries
+    above the bracket to ``keep_chunk(entries, keep)``. Returns the flat indices (int32 where
+    they fit) of the further entries kept, those inside the bracket: the mask is that of
+    :func:`keep_mask` (ties included). ``None`` when the bracket missed (a 6-sigma event): select whole then.
+    Scores are not kept between the passes, so both must give the same values.
+    """
+    if pattern is not None:
+        prune = min(prune, numel // pattern[1] * (pattern[1] - pattern[0]))
+
+    def scored(entries: slice) -> torch.Tensor:
+        scores = score_of(entries)
+        return scores if pattern is None else _candidates(scores.view(1, -1), 0, pattern)[0].view(-1)
+
+    positions, sample = None, None
+    for entries in chunks:
+        scores = scored(entries)
+        if sample is None:
+            positions = _sample_positions(numel, _CHUNKED_SAMPLE_SIZE, scores.device)
+            sample = scores.new_empty(positions.shape)
+        inside = (positions >= entries.start) & (positions < entries.stop)
+        sample[inside] = scores[positions[inside] - entries.start]
+    lo, hi = _bracket(sample, prune, numel)
+    below, indices, values = 0, [], []
+    index_dtype = torch.int32 if numel <= torch.iinfo(torch.int32).max else torch.int64
+    for entries in chunks:
+        scores = scored(entries)
+        above = scores > hi
+        keep_chunk(entries, above)
+        inside = ~above
+        if lo is not None:
+            at_least = scores >= lo
+            below += scores.numel() - int(torch.count_nonzero(at_least))
+            inside &= at_least
+        index = torch.nonzero(inside).squeeze(1)
+        indices.append((index + entries.start).to(index_dtype))
+        values.append(scores[index])
+    index, values = torch.cat(indices), torch.cat(values)
+    rank = prune - below
+    if not 1 <= rank <= index.numel():
+        return None
+    value = values.kthvalue(rank).values
+    kept = values > value
+    excess = below + index.numel() - int(torch.count_nonzero(kept)) - prune
+    if excess > 0:  # ties at the threshold: keep the last `excess` of them, as _keep_row does
+        tied = torch.nonzero(values == value).squeeze(1)
+        kept[tied[-excess:]] = True
+    return index[kept]
