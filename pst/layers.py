@@ -604,10 +604,13 @@ def _reference_forward(spec: LayerSpec, x, w, bias, U, V, bits, table, one_hot, 
     x2d, y2d = x.reshape(-1, k), y.view(-1, n)
     for rows in chunks:
         effective = _effective_rows(spec, rows, w, U, V, bits, table, one_hot, dtype)
-        if bias is None:
+        part_bias = None if bias is None else bias[rows]
+        if torch.compiler.is_compiling():  # dynamo takes no out= into a strided view
+            y2d[:, rows] = nn.functional.linear(x2d, effective, part_bias)
+        elif part_bias is None:
             torch.mm(x2d, effective.t(), out=y2d[:, rows])
         else:
-            torch.addmm(bias[rows], x2d, effective.t(), out=y2d[:, rows])
+            torch.addmm(part_bias, x2d, effective.t(), out=y2d[:, rows])
         del effective
     return y
 

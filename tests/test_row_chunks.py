@@ -5,11 +5,15 @@ matrices take on a CPU (4M entries by default).
 """
 import pytest
 import torch
+from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from transformers.pytorch_utils import Conv1D
 
+import pst
 from pst import layers, masking
 from pst.fused import BlockLayout
+from test_compile import forward_backward, sparse_layer
 from test_layers import METHODS, check_against_reference, make_layer
 
 
@@ -147,3 +151,16 @@ def test_no_temporary_is_larger_than_a_chunk(monkeypatch, dtype):
         layer(x).sum().backward()
     assert whole.largest >= n * k * dtype.itemsize
     assert chunked.largest <= chunk * 4
+
+
+@pytest.mark.parametrize("module", [nn.Linear(16, 45), Conv1D(48, 16)], ids=["linear", "fused-conv1d"])
+def test_a_chunked_layer_compiles_with_fullgraph_and_matches_eager(small_chunks, module):
+    layer = sparse_layer(module)
+    assert len(layers._row_chunks(layer.out_features, 16)) == 6
+    x = torch.randn(3, 5, 16)
+    pst.refresh_masks(layer)
+    expected = forward_backward(layer, x)
+    got = forward_backward(torch.compile(layer, fullgraph=True, backend="aot_eager"), x)  # any break raises
+    torch.testing.assert_close(got[0], expected[0])
+    for g, e in zip(got[1], expected[1]):
+        torch.testing.assert_close(g, e)
