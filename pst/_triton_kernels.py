@@ -59,7 +59,7 @@ def masked_update_kernel(OUT, W, sw0, sw1, U, V, BLOCK_OF_ROW, BITS, n, k, beta,
 
 
 @triton.jit
-def straight_through_kernel(G, SCORE, W, sw0, sw1, U, V, BLOCK_OF_ROW, BITS, n, k, beta,
+def straight_through_kernel(G, UPDATED, SCORE, W, sw0, sw1, U, V, BLOCK_OF_ROW, BITS, n, k, beta,
                             RANK: tl.constexpr, HAS_UPDATE: tl.constexpr, FUSED: tl.constexpr,
                             HAS_MASK: tl.constexpr, NEED_UPDATED: tl.constexpr, NEED_SCORE: tl.constexpr,
                             MAGNITUDE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
@@ -77,7 +77,7 @@ def straight_through_kernel(G, SCORE, W, sw0, sw1, U, V, BLOCK_OF_ROW, BITS, n, 
             through = tl.where(kept_tile(BITS, rows, cols, inside, k), g, 0.0)
         if MAGNITUDE:  # sign(W') dL/dS = |W'| G
             through += tl.abs(w) * g
-        tl.store(G + at, through.to(G.dtype.element_ty), mask=inside)
+        tl.store(UPDATED + at, through.to(UPDATED.dtype.element_ty), mask=inside)
 
 
 @triton.jit

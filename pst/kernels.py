@@ -7,7 +7,8 @@ bits, where the reference takes four to six ops and as many round trips through 
 
 - ``masked_update``: M * (W + beta U V) in the compute dtype (forward, and again in backward);
 - ``straight_through``: from G = dL/d(M * W'), dL/dS = W' * G and dL/dW' = G * (M + |W'|)
-  (G * M when the score has no |W'| term), the latter written over G;
+  (G * M when the score has no |W'| term), the latter written over G, or, for a G in a lower
+  precision than W (autocast), into a new tensor: G is read in its own dtype;
 - ``block_score``: S = |W + beta U V| + alpha1 A B + alpha2 (R 1^T + 1 C^T) of one fused block;
 - ``tie_counts`` and ``select_bits``: given each row's threshold (``pst.masking``), the keep-mask
   of a stack of scores straight as bits, with the exact tie rule, in two reads of the scores
@@ -106,7 +107,7 @@ def _self_check(device: torch.device) -> None:
     close(masked_update(w, U, V, block_of_row, bits, 0.5, torch.float32), updated * mask)
     grad, grad_score = torch.randn(4, 16, generator=g).to(device), torch.empty(4, 16, device=device)
     original = grad.clone()
-    straight_through(grad, grad_score, w, U, V, block_of_row, bits, 0.5, True, True, True)
+    straight_through(grad, None, grad_score, w, U, V, block_of_row, bits, 0.5, True, True, True)
     close(grad_score, updated * original)
     close(grad, original * (mask + updated.abs()))
     score = torch.empty(2, 16, device=device)  # block 1: rows 2 and 3
@@ -201,24 +202,27 @@ def _(weight, U, V, block_of_row, bits, beta, dtype):
     return weight.new_empty(weight.shape, dtype=dtype)
 
 
-@torch.library.custom_op("pst::straight_through", mutates_args=("grad", "score"))
-def straight_through(grad: torch.Tensor, score: torch.Tensor, weight: torch.Tensor, U: torch.Tensor | None,
-                     V: torch.Tensor | None, block_of_row: torch.Tensor | None, bits: torch.Tensor | None,
-                     beta: float, need_updated: bool, need_score: bool, magnitude: bool) -> None:
-    """``score`` := W' * G (if ``need_score``); ``grad`` (G) := G * (M + |W'|), or G * M without
-    the ``magnitude`` term (if ``need_updated``). ``grad`` and ``score`` are contiguous (n, k)."""
+@torch.library.custom_op("pst::straight_through", mutates_args=("grad", "updated", "score"))
+def straight_through(grad: torch.Tensor, updated: torch.Tensor | None, score: torch.Tensor, weight: torch.Tensor,
+                     U: torch.Tensor | None, V: torch.Tensor | None, block_of_row: torch.Tensor | None,
+                     bits: torch.Tensor | None, beta: float, need_updated: bool, need_score: bool,
+                     magnitude: bool) -> None:
+    """``score`` := W' * G (if ``need_score``); ``updated`` := G * (M + |W'|), or G * M without the
+    ``magnitude`` term (if ``need_updated``), written over ``grad`` (G) when ``updated`` is None.
+    ``grad``, ``updated`` and ``score`` are contiguous (n, k)."""
     n, k = weight.shape
     kernel = _kernels().straight_through_kernel
     anchor = grad
     U_, V_ = _factors(U, V, anchor)
-    _launch(kernel, n, k, grad, score if need_score else anchor, weight, weight.stride(0), weight.stride(1), U_, V_,
+    _launch(kernel, n, k, grad, updated if updated is not None else grad, score if need_score else anchor, weight,
+            weight.stride(0), weight.stride(1), U_, V_,
             block_of_row if block_of_row is not None else anchor, bits if bits is not None else anchor, n, k, beta,
             RANK=U.shape[1] if U is not None else 1, HAS_UPDATE=U is not None, FUSED=block_of_row is not None,
             HAS_MASK=bits is not None, NEED_UPDATED=need_updated, NEED_SCORE=need_score, MAGNITUDE=magnitude)
 
 
 @straight_through.register_fake
-def _(grad, score, weight, U, V, block_of_row, bits, beta, need_updated, need_score, magnitude):
+def _(grad, updated, score, weight, U, V, block_of_row, bits, beta, need_updated, need_score, magnitude):
     return None
 
 

@@ -854,13 +854,17 @@ def _updated_gradient(spec: LayerSpec, score_grad: bool, grad_score, grad_effect
 
 def _fused_straight_through(spec: LayerSpec, score_needs: bool, weight_needs: bool, grad_effective, w, U, V, bits,
                             block_of_row):
-    """(dL/dS, dL/dW') as :func:`_score_gradient` and :func:`_updated_gradient`, by one kernel writing dL/dW' over G."""
+    """(dL/dS, dL/dW') as :func:`_score_gradient` and :func:`_updated_gradient`, by one kernel
+    reading G in its own dtype: dL/dW' is written over G, or into a new tensor when W's precision
+    is higher (autocast), where a conversion of G would be one more pass."""
     dtype = torch.promote_types(w.dtype, grad_effective.dtype)
-    grad = grad_effective.to(dtype)
-    grad_score = torch.empty_like(grad) if score_needs else grad.new_empty(0)
-    kernels.straight_through(grad, grad_score, w, _factor(U), None if V is None else V.view(-1, spec.in_features),
-                             block_of_row, bits, spec.beta, weight_needs, score_needs, spec.magnitude_score_grad)
-    return (grad_score if score_needs else None), (grad if weight_needs else None)
+    separate = weight_needs and grad_effective.dtype != dtype
+    grad_updated = torch.empty_like(grad_effective, dtype=dtype) if separate else grad_effective
+    grad_score = torch.empty_like(grad_effective, dtype=dtype) if score_needs else grad_effective.new_empty(0)
+    kernels.straight_through(grad_effective, grad_updated if separate else None, grad_score, w, _factor(U),
+                             None if V is None else V.view(-1, spec.in_features), block_of_row, bits, spec.beta,
+                             weight_needs, score_needs, spec.magnitude_score_grad)
+    return (grad_score if score_needs else None), (grad_updated if weight_needs else None)
 
 
 def _in_dtypes(grads: tuple, x, weight, U, V, A, B, R, C, scores) -> tuple:
