@@ -740,9 +740,12 @@ def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B,
     :func:`_row_chunks`), into gradients allocated before any chunk's temporaries: one allocated
     among them would outlive them and pin their memory in the heap."""
     k = spec.in_features
-    inputs = (x.view(-1, k), weight, grad_y[0], U, V, A, B, R, C, scores)
+    x = x.reshape(-1, k)
+    likes = (None, weight, grad_y[0], U, V, A, B, R, C, scores)
     grads = [_gradient_buffer(i, like) if need and like is not None else None
-             for i, (need, like) in enumerate(zip(needs, inputs))]
+             for i, (need, like) in enumerate(zip(needs, likes))]
+    if needs[0]:  # dL/dx, which the chunks' products add to in x's dtype
+        grads[0] = x.new_zeros(x.shape)
     for rows in chunks:
         part = _gradients(replace(spec, out_features=rows.stop - rows.start), needs, grad_y[:, rows], x, w[rows],
                           _rows(U, rows), V, _rows(A, rows), B, _rows(R, rows), C, _rows(scores, rows),
@@ -758,12 +761,11 @@ def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B,
 
 
 def _gradient_buffer(index: int, like: torch.Tensor) -> torch.Tensor:
-    """Where the chunks' gradient of input ``index`` goes: stacked rows, or a zero sum (for V, B
-    and C in at least fp32, as one product over all rows would sum them; dL/dx in x's dtype, the
-    products' own)."""
+    """Where the chunks' gradient of input ``index`` goes: stacked rows, or a zero sum (V, B and C,
+    in at least fp32, as one product over all rows would sum them)."""
     if index not in _SUMMED_OVER_ROWS:
         return torch.empty_like(like)
-    return torch.zeros_like(like, dtype=like.dtype if index == 0 else torch.promote_types(like.dtype, torch.float32))
+    return torch.zeros_like(like, dtype=torch.promote_types(like.dtype, torch.float32))
 
 
 def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row,

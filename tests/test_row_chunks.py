@@ -88,6 +88,21 @@ def test_chunked_bf16_gradients_are_the_whole_ones(monkeypatch, autocast):
         torch.testing.assert_close(got.float(), expected.float(), rtol=0.03, atol=0.03 * expected.abs().max().item())
 
 
+def test_chunked_layer_takes_a_non_contiguous_input(monkeypatch):
+    def run():
+        layer = make_layer("linear", 45, 16)
+        layer.sparsity = 0.6
+        x = torch.randn(4, 3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        x = x.transpose(0, 1).requires_grad_(True)  # (3, 4, 16), not contiguous
+        layer(x).square().sum().backward()
+        return [x.grad] + [p.grad for p in layer.method_parameters()]
+
+    whole = run()
+    monkeypatch.setattr(layers, "_ROW_CHUNK_ENTRIES", 128)
+    for got, expected in zip(run(), whole):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_chunked_selection_breaks_ties_as_the_whole_one(monkeypatch, chunked_selections):
     def tied_layer():
         layer = make_layer("linear", 40, 2048, method="magnitude")
