@@ -296,6 +296,17 @@ class SparseLayer(nn.Module):
                                           device=self.weight.device)
         return self._mask_bits
 
+    def _block_bits(self, block: int) -> torch.Tensor | None:
+        """A block's mask within the layer's bits: a slice where its rows are contiguous and every
+        block fills whole bytes, else ``None`` (the blocks are then packed together)."""
+        layout, k = self.layout, self.in_features
+        if self.blocks == 1:
+            return self._mask_bits
+        if layout.repeats > 1 or any(size * k % 8 for size in layout.sizes):
+            return None
+        start = sum(layout.sizes[:block]) * k // 8
+        return self._mask_bits[start : start + layout.sizes[block] * k // 8]
+
     @torch.no_grad()
     def mask(self) -> torch.Tensor | None:
         """M as an (n, k) bool tensor (output x input), or None for methods that do not prune."""
@@ -460,9 +471,10 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
             if not any(prunes) and on_device is None:
                 bits.fill_(0xFF)
                 continue
-            # A fused layer's blocks are selected apart and packed together (keep_zeros: into the support).
+            # A fused layer's blocks are selected apart; each writes its own bytes of the mask, or, where
+            # blocks interleave or share a byte, they are packed together (keep_zeros: into the support).
             whole = support
-            if layer.blocks > 1 and whole is None:
+            if whole is None and layer._block_bits(0) is None:
                 whole = torch.empty(layer.out_features, layer.in_features, dtype=torch.bool, device=bits.device)
             if whole is not None:
                 fused.append((layer, whole))
@@ -532,11 +544,11 @@ def _select(members: list, numel: int, prune: int | torch.Tensor, pattern, dtype
         else:
             keep = keep_mask(scores, prune, pattern)
     for row, (layer, block, whole) in enumerate(members):
-        if whole is None:
+        if whole is None:  # straight into the block's own bytes
             if bits is not None:
-                layer._mask_bits.copy_(bits[row])
+                layer._block_bits(block).copy_(bits[row])
             else:
-                pack_mask(keep[row], layer.bit_shifts, out=layer._mask_bits)
+                pack_mask(keep[row], layer.bit_shifts, out=layer._block_bits(block))
             continue
         block_keep = keep[row] if bits is None else unpack_mask(bits[row], layer.bit_table, 1, numel)
         block_keep = block_keep.view(layer.layout.repeats, -1, layer.in_features)

@@ -75,10 +75,12 @@ def test_forward_and_gradients_match_reference(kind, sparsity, method, shape):
 
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 @pytest.mark.parametrize("sparsity", SPARSITIES)
-def test_fused_blocks_match_reference(kind, sparsity):
-    layer = make_layer(kind, 3 * 8, 10, blocks=3)
+@pytest.mark.parametrize("rows", [8, 3], ids=["own-bytes", "shared-bytes"])  # 3 x 10 entries end mid-byte
+def test_fused_blocks_match_reference(kind, sparsity, rows):
+    layer = make_layer(kind, 3 * rows, 10, blocks=3)
     layer.sparsity = sparsity
     check_against_reference(layer, batch_shape=(5,))
+    assert (layer._block_bits(1) is None) == (rows == 3)
 
 
 # q 16 rows with k, v 4 rows each (grouped-query attention); per-head interleaved q, k, v (GPT-NeoX);
