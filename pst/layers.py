@@ -511,13 +511,16 @@ def _select_by_rows(layer: SparseLayer, block: int, whole, prune: int, pattern) 
     n, k, bits = layer.out_features, layer.in_features, layer._mask_bits
     chunks = [slice(rows.start * k, rows.stop * k) for rows in _row_chunks(n, k)]
 
+    def rows_of(entries: slice) -> slice:
+        return slice(entries.start // k, entries.stop // k)
+
     def score_of(entries: slice) -> torch.Tensor:
         out = torch.empty(entries.stop - entries.start, dtype=layer.dtype, device=bits.device)
-        layer._block_score(block, out.view(1, -1, k), span=slice(entries.start // k, entries.stop // k))
+        layer._block_score(block, out.view(1, -1, k), span=rows_of(entries))
         return out
 
-    def keep_chunk(entries: slice, keep: torch.Tensor) -> None:  # chunks start on a byte (8 rows)
-        pack_mask(keep, layer.bit_shifts, out=bits[entries.start // 8 : -(-entries.stop // 8)])
+    def keep_chunk(entries: slice, keep: torch.Tensor) -> None:
+        pack_mask(keep, layer.bit_shifts, out=_bits_of_rows(bits, rows_of(entries), k))
 
     kept = masking.keep_by_chunks(score_of, n * k, prune, pattern, chunks, keep_chunk)
     if kept is None:
