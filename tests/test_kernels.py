@@ -155,12 +155,11 @@ def test_the_fused_selection_packs_the_masks_of_the_reference(dtype, pattern, en
     torch.manual_seed(0)
     scores = torch.randn(3, entries, device=DEVICE).to(dtype)
     scores[:, ::3] = scores[:, 5:6]  # ties across tiles at every threshold
-    shifts = torch.arange(8, dtype=torch.uint8, device=DEVICE)
 
     def packed(keep):
         rows = [torch.empty(-(-entries // 8), dtype=torch.uint8, device=DEVICE) for _ in keep]
         for row, out in zip(keep, rows):
-            pack_mask(row, shifts, out=out)
+            pack_mask(row, out=out)
         return torch.stack(rows)
 
     most = entries // 2 if pattern else entries

@@ -175,13 +175,27 @@ def test_a_data_parallel_replica_builds_its_own_masks(tiny_model):
     assert layer._mask_bits.data_ptr() != replica._mask_bits.data_ptr()
 
 
-@pytest.mark.parametrize("shape", [(4, 8), (3, 5), (1, 1), (7, 9)])
-def test_masks_pack_into_one_bit_per_weight_and_back(shape):
-    keep = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape))) > 0.5
-    shifts = torch.arange(8, dtype=torch.uint8)
-    bits = torch.empty((keep.numel() + 7) // 8, dtype=torch.uint8)
-    pst.layers.pack_mask(keep, shifts, out=bits)
+@pytest.mark.parametrize("shape", [(4, 8), (3, 5), (1, 1), (7, 9), (64, 64)])
+@pytest.mark.parametrize("offset", [0, 3])  # a view starting mid-word is packed from a copy
+def test_masks_pack_into_one_bit_per_weight_and_back(shape, offset):
+    numel = shape[0] * shape[1]
+    keep = (torch.rand(numel + offset, generator=torch.Generator().manual_seed(numel)) > 0.5)[offset:].view(shape)
+    keep.view(-1)[-8:] = True  # every bit of a byte set: the gather's top bit
+    bits = torch.empty((numel + 7) // 8, dtype=torch.uint8)
+    pst.layers.pack_mask(keep, out=bits)
+    padded = torch.cat([keep.reshape(-1), torch.ones(-numel % 8, dtype=torch.bool)]).view(-1, 8)
+    expected = (padded.to(torch.int64) << torch.arange(8)).sum(1)  # bit i of byte j is entry 8 j + i
+    assert torch.equal(bits.to(torch.int64), expected)
     assert torch.equal(pst.layers.unpack_mask(bits, pst.layers.bit_table(torch.float32), *shape).bool(), keep)
+
+
+def test_masks_pack_in_parts_the_same(monkeypatch):
+    keep = torch.rand(100, 64, generator=torch.Generator().manual_seed(0)) > 0.3
+    whole, parts = (torch.empty(800, dtype=torch.uint8) for _ in range(2))
+    pst.layers.pack_mask(keep, out=whole)
+    monkeypatch.setattr(pst.layers, "_PACK_BYTES", 48)  # ragged last part
+    pst.layers.pack_mask(keep, out=parts)
+    assert torch.equal(whole, parts)
 
 
 def test_a_mask_is_one_bit_per_weight_rewritten_in_place(tiny_model, token_batch):
