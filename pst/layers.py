@@ -827,25 +827,8 @@ def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, b
         grad_score = _score_gradient(spec, score_needs, grad_effective, updated, U is not None)
     del updated
     if score_needs:
-        # Two products read dL/dS for the four data-driven factors: with [B^T | 1] it gives A's and
-        # R's gradients (R's is a row sum), with [spread(A) | one column per block] B's and C's.
-        dtype = grad_score.dtype
-        if needs[5] or needs[7]:
-            columns = [B.view(-1, k).t().to(dtype)] if needs[5] else []
-            columns += [grad_score.new_ones(k, 1)] if needs[7] else []
-            by_row = grad_score @ torch.cat(columns, 1)
-            if needs[5]:
-                grad_A = _fold(_scaled(by_row[:, : B.numel() // k], spec.alpha1), one_hot)
-            if needs[7]:
-                grad_R = _scaled(by_row[:, -1], spec.alpha2)
-        if needs[6] or needs[8]:
-            rows = [_spread(A, one_hot).to(dtype)] if needs[6] else []
-            rows += [grad_score.new_ones(n, 1) if one_hot is None else one_hot.to(dtype)] if needs[8] else []
-            by_column = torch.cat(rows, 1).t() @ grad_score
-            if needs[6]:
-                grad_B = _scaled(by_column[: B.numel() // k], spec.alpha1).view(B.shape)
-            if needs[8]:
-                grad_C = _scaled(by_column[B.numel() // k if needs[6] else 0 :], spec.alpha2).view(C.shape)
+        grad_A, grad_B, grad_R, grad_C = _score_factor_gradients(spec, needs, grad_score, A, B, C, one_hot,
+                                                                  merged=not fused)
         if needs[9]:
             grad_scores = grad_score
     if weight_needs:
@@ -862,6 +845,39 @@ def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, b
         if needs[4]:
             grad_V = _scaled(_spread(U, one_hot).t().to(dtype) @ grad_updated, spec.beta).view(V.shape)
     return grad_x, grad_weight, grad_bias, grad_U, grad_V, grad_A, grad_B, grad_R, grad_C, grad_scores
+
+
+def _score_factor_gradients(spec: LayerSpec, needs, grad_score, A, B, C, one_hot, merged: bool) -> tuple:
+    """The gradients of A, B, R and C from dL/dS (n, k), by products that each read dL/dS once:
+    with [B^T | 1] for A's and R's (a row sum), with [spread(A) | a column per block] for B's and
+    C's (column sums per block). ``merged`` False (the fused path) sums R's and an unfused C's
+    apart: on a GPU the ones to concatenate would be more launches, and a launch costs more there
+    than a read of dL/dS."""
+    k, dtype = grad_score.shape[1], grad_score.dtype
+    grad_A = grad_B = grad_R = grad_C = None
+    right = [B.view(-1, k).t().to(dtype)] if needs[5] else []
+    if needs[7] and merged:
+        right.append(grad_score.new_ones(k, 1))
+    by_row = grad_score @ _joined(right) if right else None
+    if needs[5]:
+        grad_A = _fold(_scaled(by_row[:, : B.numel() // k], spec.alpha1), one_hot)
+    if needs[7]:
+        grad_R = _scaled(by_row[:, -1] if merged else grad_score.sum(1), spec.alpha2)
+    c_by_product = needs[8] and (merged or one_hot is not None)
+    left = [_spread(A, one_hot).to(dtype)] if needs[6] else []
+    if c_by_product:
+        left.append(grad_score.new_ones(grad_score.shape[0], 1) if one_hot is None else one_hot.to(dtype))
+    by_column = _joined(left).t() @ grad_score if left else None
+    if needs[6]:
+        grad_B = _scaled(by_column[: B.numel() // k], spec.alpha1).view(B.shape)
+    if needs[8]:
+        per_column = by_column[-(C.numel() // k) :] if c_by_product else grad_score.sum(0)
+        grad_C = _scaled(per_column, spec.alpha2).view(C.shape)
+    return grad_A, grad_B, grad_R, grad_C
+
+
+def _joined(factors: list[torch.Tensor]) -> torch.Tensor:
+    return factors[0] if len(factors) == 1 else torch.cat(factors, 1)
 
 
 def _score_gradient(spec: LayerSpec, score_needs: bool, grad_effective, updated, reusable: bool):

@@ -1,4 +1,4 @@
-"""Exact top-k selection: the bracketed fast path agrees with a full sort, ties included."""
+"""Exact top-k selection: the whole-row and bracketed CPU paths agree with a full sort, ties included."""
 import math
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pst import masking
 from pst.masking import keep_mask, nm_candidates, num_pruned, parse_pattern, validate_sparsity
 
 
@@ -16,9 +17,18 @@ def sorted_keep_mask(row: torch.Tensor, prune: int) -> torch.Tensor:
     return keep
 
 
+@pytest.fixture(params=["whole", "bracketed"])
+def cpu_path(request, monkeypatch):
+    """The CPU selection in the whole row, or (rows above 65,536 entries) inside a bracket, as
+    rows of more than 4M entries are selected."""
+    if request.param == "bracketed":
+        monkeypatch.setattr(masking, "_DIRECT_SELECTION_MAX", 1 << 16)
+    return request.param
+
+
 @pytest.mark.parametrize("m", [1000, 200_000])
 @pytest.mark.parametrize("sparsity", [0.01, 0.5, 0.9, 0.99, 0.999])
-def test_keep_mask_equals_full_sort(m, sparsity):
+def test_keep_mask_equals_full_sort(m, sparsity, cpu_path):
     torch.manual_seed(m)
     row = torch.randn(m)
     prune = num_pruned(sparsity, m)
@@ -26,7 +36,7 @@ def test_keep_mask_equals_full_sort(m, sparsity):
 
 
 @pytest.mark.parametrize("m", [1000, 200_000])
-def test_ties_prune_exactly_and_lowest_index_first(m):
+def test_ties_prune_exactly_and_lowest_index_first(m, cpu_path):
     row = torch.zeros(m)
     row[m // 2 :] = torch.rand(m - m // 2) + 1  # half the entries tied at zero
     for prune in (m // 4, m // 2, m // 2 + 7):
@@ -35,7 +45,7 @@ def test_ties_prune_exactly_and_lowest_index_first(m):
         assert torch.equal(keep, sorted_keep_mask(row, prune))
 
 
-def test_heavily_quantised_scores_on_the_fast_path():
+def test_heavily_quantised_scores_on_the_fast_path(cpu_path):
     torch.manual_seed(0)
     row = torch.randint(0, 5, (300_000,)).float()  # five distinct values: ties everywhere
     keep = keep_mask(row[None], 123_456)[0]
@@ -43,7 +53,7 @@ def test_heavily_quantised_scores_on_the_fast_path():
     assert torch.equal(keep, sorted_keep_mask(row, 123_456))
 
 
-def test_fast_selection_does_not_touch_the_global_random_stream():
+def test_fast_selection_does_not_touch_the_global_random_stream(cpu_path):
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
@@ -157,3 +167,13 @@ def test_sparsity_beyond_the_pattern_is_rejected():
         validate_sparsity(0.9, (2, 4))
     with pytest.raises(ValueError, match="sparsity must be in"):
         validate_sparsity(1.0, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_smallest_reads_the_sorted_order_in_the_values_dtype(dtype):
+    values = torch.randn(1001, generator=torch.Generator().manual_seed(3)).to(dtype)
+    values[::7] = values[5]  # ties
+    ordered = torch.sort(values).values
+    found = masking.smallest(values, 1, 500, 1001)
+    assert [f.dtype for f in found] == [dtype] * 3
+    assert [f.item() for f in found] == [ordered[0].item(), ordered[499].item(), ordered[1000].item()]

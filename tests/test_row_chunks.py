@@ -54,7 +54,6 @@ def test_chunked_forward_and_gradients_match_reference(small_chunks, kind, metho
                                                ("2:4", 0.3), ("2:4", 0.5)])
 def test_chunked_selection_gives_the_whole_selection_mask(monkeypatch, chunked_selections, kind, method, pattern,
                                                           sparsity):
-    # 45 x 1536 = 69,120 entries: the whole path brackets too (above _DIRECT_SELECTION_MAX).
     whole = make_layer(kind, 45, 1536, method=method, pattern=pattern)
     whole.sparsity = sparsity
     expected = whole.mask()
