@@ -17,6 +17,7 @@ memory and peak x LoRA.
     TRITON_INTERPRET=1 python benchmarks/train_step.py --count-ops --kernels triton --steps 1 --warmup 1
                                                                      # the launches of PST's fused CUDA path, on CPU
     python benchmarks/train_step.py --device cuda --capturable       # each whole step replayed as a CUDA graph
+    python benchmarks/train_step.py --methods dense pst --pst-from ../before   # PST now and in another checkout
 
 Shapes: ``bert-base`` (12 encoder layers, hidden 768, FFN 3072, sequence classification),
 ``gpt2-medium`` (24 layers, hidden 1024, Conv1D with fused q/k/v, language modelling),
@@ -52,6 +53,11 @@ graph after the warm-up and the timed steps replay it. On a CPU it only changes 
 ``--count-ops`` counts. Not with ``official`` (host-side sorting) nor fp16 (the gradient
 scaler reads its scale back).
 
+``--pst-from CHECKOUT`` adds PST imported from another checkout of this repository (``git
+worktree add ../before <commit>``) as one more method, ``pst@before``: a change measured against
+the code before it in the same run, where separate runs on a shared machine differ by more than
+the change (the same code measured 1.02x and 1.15x dense in two runs).
+
 On a CPU shared with other work, pass ``--threads 1``: with two threads, a descheduled
 OpenMP thread stalls every parallel region, and PST (many more, smaller parallel regions
 than dense) was measured at 2.5x dense that way on a busy machine, 1.0x on a quiet one.
@@ -60,11 +66,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 METHODS = ("dense", "lora", "official", "pst", "movement", "magnitude")
 DEFAULT_METHODS = ("dense", "lora", "official", "pst")
@@ -182,7 +190,7 @@ def worker(method: str, args) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         allocated_before = torch.cuda.memory_allocated() / 2**20
-    _reply("ready")
+    _reply(pst.__file__)  # ready; where pst came from
     times, cpu_times = [], []
     counted = None
     for line in sys.stdin:
@@ -276,11 +284,19 @@ def measure(args) -> dict:
                  "kernels")]
     settings += [flag for flag, on in (("--compile", args.compile), ("--count-ops", args.count_ops),
                                        ("--capturable", args.capturable)) if on]
+    # (label, method, checkout to import pst from): --pst-from adds PST of other versions.
+    runs = [(method, method, None) for method in args.methods]
+    runs += [(f"pst@{Path(code).resolve().name}", "pst", Path(code).resolve()) for code in args.pst_from]
     workers = {}
-    for method in args.methods:  # built one after the other: peak build memory stays one model's
-        workers[method] = subprocess.Popen([sys.executable, __file__, "--worker", method, *settings],
-                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        _expect(workers, method)
+    for label, method, code in runs:  # built one after the other: peak build memory stays one model's
+        env = None
+        if code is not None:  # the checkout's pst before the installed one
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
+        workers[label] = subprocess.Popen([sys.executable, __file__, "--worker", method, *settings],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        imported = Path(_expect(workers, label))
+        if code is not None and code not in imported.parents:
+            sys.exit(f"{label} imported pst from {imported.parent}, not from {code}")
     for _ in range(args.warmup + args.steps):
         for method, process in workers.items():
             process.stdin.write("step\n")
@@ -292,12 +308,12 @@ def measure(args) -> dict:
             process.stdin.flush()
             _expect(workers, method)
     results = {}
-    for method, process in workers.items():
+    for label, process in workers.items():
         process.stdin.write("report\n")
         process.stdin.flush()
-        results[method] = _expect(workers, method)
+        results[label] = _expect(workers, label)
         process.wait()
-        print(f"measured {method}: {1000 * results[method]['step_s']:.1f} ms/step", file=sys.stderr)
+        print(f"measured {label}: {1000 * results[label]['step_s']:.1f} ms/step", file=sys.stderr)
     return results
 
 
@@ -378,8 +394,14 @@ def main() -> None:
                         help="PST's implementation (pst.kernels); triton on a CPU needs TRITON_INTERPRET=1")
     parser.add_argument("--capturable", action="store_true",
                         help="a capturable schedule and optimizer; on CUDA, every step replayed as a CUDA graph")
+    parser.add_argument("--pst-from", nargs="+", default=[], metavar="CHECKOUT",
+                        help="also time PST as imported from these checkouts of pst (another version, e.g. from "
+                             "`git worktree add`), side by side in the same run, as pst@<checkout's name>")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    missing = [code for code in args.pst_from if not (Path(code) / "pst" / "__init__.py").is_file()]
+    if missing:
+        parser.error(f"--pst-from needs checkouts holding a pst package: {', '.join(missing)}")
     if args.capturable and not args.worker and ("official" in args.methods or args.precision == "fp16"):
         parser.error("--capturable takes neither the official method (host-side sorting) nor fp16 (gradient scaling)")
     layers, cpu_batch, cuda_batch, seq = SHAPES[args.shape]

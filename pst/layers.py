@@ -581,7 +581,7 @@ def pack_mask(keep: torch.Tensor, out: torch.Tensor) -> None:
     words = flat.view(torch.int64)
     for start in range(0, words.numel(), _PACK_BYTES):
         part = words[start : start + _PACK_BYTES]
-        out[start : start + part.numel()].copy_(part.mul(_GATHER_BITS).bitwise_right_shift_(56))
+        torch.bitwise_right_shift(part.mul(_GATHER_BITS), 56, out=out[start : start + part.numel()])
 
 
 def bit_table(dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
