@@ -209,7 +209,7 @@ def _keep_row(row: torch.Tensor, prune: int, out: torch.Tensor) -> None:
     located = _bracketed(row, prune, out) if row.numel() > _DIRECT_SELECTION_MAX else None
     if located is not None:
         value, at_or_below, index, values = located
-    else:  # a small row, or the bracket missed: select in the whole row
+    else:  # a row of at most 4M entries, or the bracket missed: select in the whole row
         value = smallest(row, prune)[0]
         torch.gt(row, value, out=out)
         at_or_below = row.numel() - int(torch.count_nonzero(out))
