@@ -800,9 +800,10 @@ def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, b
     grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
     fused = kernels.enabled(w)
 
+    score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
+    weight_needs = needs[1] or needs[3] or needs[4]
     # The reference's mask, unpacked once for both its uses (M * W' and M * G), in W's dtype.
-    mask = None if fused or bits is None or not (needs[0] or needs[1] or needs[3] or needs[4]) else (
-        unpack_mask(bits, table, n, k))
+    mask = None if fused or bits is None or not (needs[0] or weight_needs) else unpack_mask(bits, table, n, k)
     updated = None if fused else updated_weight(spec, w, U, V, one_hot)
     if needs[0]:
         effective = (_fused_effective(spec, w, U, V, bits, block_of_row, x.dtype) if fused
@@ -811,8 +812,6 @@ def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, b
         del effective
     if needs[2]:
         grad_bias = grad_y.sum(0)
-    score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
-    weight_needs = needs[1] or needs[3] or needs[4]
     if not (score_needs or weight_needs):
         return grad_x, None, grad_bias, None, None, None, None, None, None, None
     # dL/d(M * W'), the dense gradient every method needs: the third matrix product of a layer.
