@@ -10,6 +10,9 @@ from .fused import validate_spec
 from .masking import UNSTRUCTURED, max_sparsity, parse_pattern, validate_sparsity
 from .methods import MethodSpec, get_method
 
+#: How a mask can be kept between passes (``PSTConfig.mask_storage``).
+MASK_STORAGES = ("bits", "threshold")
+
 #: The paper's target sparsity, the default of an unstructured pattern.
 DEFAULT_SPARSITY = 0.9
 
@@ -142,6 +145,16 @@ class PSTConfig:
     #: max(floor(p n k), base zeros) per matrix (with an N:M ``pattern``, of its candidates).
     #: Method "pst" only.
     keep_zeros: bool = False
+    #: How each matrix's mask is kept between its selection (once per optimizer step) and the
+    #: passes that apply it. "bits": one bit per weight, rewritten in place. "threshold": no
+    #: per-weight state at all, two numbers per matrix (the score at the pruned count and where
+    #: its ties stop being pruned); every forward and backward pass recomputes S a chunk of rows
+    #: at a time and compares it, giving the same mask. For LLMs whose memory is tight (the bits
+    #: are 1/8 byte per sparsified weight, 0.8 GB for LLaMA-7B), at the cost of one more score
+    #: computation per pass. "threshold" needs an unstructured pattern, no keep_zeros and
+    #: unfused modules, runs the torch reference path (not the Triton kernels) and eagerly (not
+    #: under torch.compile or a capturable schedule).
+    mask_storage: str = "bits"
     #: r1, the rank of the weight update U V (U: n x r1, V: r1 x k). The official code's ``weight_rank``.
     weight_rank: int = 8
     #: r2, the rank of the data-driven score term A B (A: n x r2, B: r2 x k). The official code's ``mask_rank``.
@@ -229,6 +242,11 @@ class PSTConfig:
                 f"keep_zeros needs method='pst' (a frozen base whose zeros stay zero), got method={self.method!r}; "
                 "PSTConfig(method='pst', keep_zeros=True) trains only U and V under the base's zeros"
             )
+        if self.mask_storage not in MASK_STORAGES:
+            raise ValueError(f"mask_storage must be one of {MASK_STORAGES}, got {self.mask_storage!r}")
+        if self.mask_storage == "threshold" and spec.prunes and (pattern is not None or self.keep_zeros):
+            raise ValueError("mask_storage='threshold' keeps an unstructured mask selected by the score alone: "
+                             f"it takes neither pattern={self.pattern!r} nor keep_zeros=True; use mask_storage='bits'")
         if spec.name == "pst" and not (self.score_magnitude or self.score_low_rank or self.score_structured):
             raise ValueError("the PST score needs at least one of score_magnitude, score_low_rank, score_structured")
         for name, layout in (self.fused_modules or {}).items():

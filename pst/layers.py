@@ -101,6 +101,7 @@ class LayerSpec:
     beta: float
     alpha1: float
     alpha2: float
+    magnitude_score: bool  # S has the term |W'|
     magnitude_score_grad: bool  # the straight-through gradient reaches W' through |W'|
 
 
@@ -147,10 +148,16 @@ class SparseLayer(nn.Module):
         self.keep_zeros = config.keep_zeros  # the base's zeros are always pruned
         self.magnitude_score = config.uses_magnitude_score
         self.static = LayerSpec(out_features, in_features, self.transposed, config.beta, config.alpha1, config.alpha2,
-                                self.magnitude_score and self.spec.magnitude_score_grad)
+                                self.magnitude_score, self.magnitude_score and self.spec.magnitude_score_grad)
         self.sparsity = 0.0
         # The mask, one bit per weight (row-major, output x input), rewritten in place once per step.
         self._mask_bits: torch.Tensor | None = None
+        # Or, with mask_storage="threshold", what selected it (``pst.masking.Threshold``), no bits at all.
+        self.mask_storage = config.mask_storage
+        if self.spec.prunes and self.mask_storage == "threshold" and self.blocks > 1:
+            raise ValueError(f"mask_storage='threshold' keeps one threshold per matrix, and this module fuses "
+                             f"{self.blocks} (fused_modules): sparsify it with mask_storage='bits'")
+        self._threshold: masking.Threshold | None = None
         self._mask_key = None  # what the mask was built from (see _state_key)
         self._peers: list[SparseLayer] | None = None  # layers whose masks are rebuilt together
         # Pruned counts held on the device, set by a capturable schedule (``pst.device_schedule``).
@@ -191,7 +198,7 @@ class SparseLayer(nn.Module):
             block_of_row = block_index.to(torch.int32)
         self.register_buffer("block_one_hot", one_hot, persistent=False)
         self.register_buffer("block_of_row", block_of_row, persistent=False)
-        table = bit_table(self.dtype, device) if self.spec.prunes else None
+        table = bit_table(self.dtype, device) if self.spec.prunes and self.mask_storage == "bits" else None
         self.register_buffer("bit_table", table, persistent=False)  # unpacks it, in W's dtype
 
     # The score's and update's scales, read from the one place the autograd function reads them.
@@ -236,12 +243,16 @@ class SparseLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.prunes and not torch.compiler.is_compiling():
             self.refresh_mask()  # eager only: a compiled step reads the mask its schedule refreshed
+        if self.spec.prunes and self.mask_storage == "threshold" and torch.compiler.is_compiling():
+            raise RuntimeError("mask_storage='threshold' runs eagerly: its threshold is a Python number a "
+                               "compiled graph would be specialised on, and recompiled for, at every step; "
+                               "use mask_storage='bits' with torch.compile")
         dtype = self.dtype
         if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # autocast leaves fp64 alone
             dtype = torch.get_autocast_dtype(x.device.type)
         return SparseLinearFunction.apply(
             x, self.weight, self.bias, self.U, self.V, self.A, self.B, self.R, self.C, self.scores,
-            self._mask_bits, self.bit_table, self.block_one_hot, self.block_of_row, self.static, dtype,
+            self._mask_bits, self._threshold, self.bit_table, self.block_one_hot, self.block_of_row, self.static, dtype,
         )
 
     # -- the mask ---------------------------------------------------------------------------
@@ -283,7 +294,7 @@ class SparseLayer(nn.Module):
 
     def _replicate_for_data_parallel(self):
         replica = super()._replicate_for_data_parallel()
-        replica._mask_bits, replica._mask_key = None, None  # each replica builds its own on its device
+        replica._mask_bits, replica._threshold, replica._mask_key = None, None, None  # each replica builds its own
         replica.device_prunes = None  # from the host's counts: the table is on the original's device
         return replica
 
@@ -311,6 +322,11 @@ class SparseLayer(nn.Module):
         if not self.spec.prunes:
             return None
         self.refresh_mask()
+        if self._threshold is not None:
+            k, w = self.in_features, self._oriented(self.weight)
+            with _without_autocast(self.weight.device.type):
+                return torch.cat([self._threshold.after(rows.start * k).keep(self._rows_score(w, rows))
+                                  for rows in _row_chunks(self.out_features, k)])
         return unpack_mask(self._mask_bits, self.bit_table, self.out_features, self.in_features).bool()
 
     def _block_prunes(self) -> list[int]:
@@ -331,7 +347,7 @@ class SparseLayer(nn.Module):
             whole = self.layout.rows_of(tensor, block)
             return whole if span is None else whole[:, span]
 
-        repeats, k = out.shape[0], self.in_features
+        k = self.in_features
         filled = False
 
         def per_block(parameter: torch.Tensor | None) -> torch.Tensor | None:  # the block's V, B or C
@@ -350,37 +366,36 @@ class SparseLayer(nn.Module):
         if self.magnitude_score:
             w = rows(oriented, block)
             if self.U is not None:
-                v = per_block(self.V).expand(repeats, -1, -1)
+                v = per_block(self.V).expand(out.shape[0], -1, -1)
                 torch.baddbmm(w, rows(self.U, block), v, alpha=self.beta, out=out).abs_()
             else:
                 torch.abs(w, out=out)
             filled = True
-        # The data-driven terms alpha1 A B + alpha2 (R 1^T + 1 C^T) as one product, of
-        # [alpha1 A | alpha2 R | alpha2] and [B; 1; C^T]: one pass over S where there were three.
-        left, right = [], []
-        if self.A is not None:
-            left.append(_scaled(rows(self.A, block), self.alpha1))
-            right.append(per_block(self.B))
-        if self.R is not None:
-            per_row = rows(self.R.unsqueeze(1), block)
-            per_column = per_block(self.C).view(1, k)
-            left += [_scaled(per_row, self.alpha2), torch.full_like(per_row, self.alpha2)]
-            right += [torch.ones_like(per_column), per_column]
-        if left:
-            a, b = torch.cat(left, -1), torch.cat(right).expand(repeats, -1, -1)
-            out.baddbmm_(a, b) if filled else torch.baddbmm(out, a, b, beta=0, out=out)
-            filled = True
+        filled = _add_score_terms(self.static, out, None if self.A is None else rows(self.A, block), per_block(self.B),
+                                  None if self.R is None else rows(self.R.unsqueeze(1), block), per_block(self.C),
+                                  filled)
         if self.scores is not None:
             out.add_(rows(self.scores, block)) if filled else out.copy_(rows(self.scores, block))
             filled = True
         if not filled:
             raise ValueError(f"this {self.method} layer has no score term")
 
+    def _rows_score(self, w: torch.Tensor, rows: slice) -> torch.Tensor:
+        """S of rows ``rows`` from W as (n, k), by the ops every pass of a threshold-kept mask repeats."""
+        updated = updated_weight(self.static, w[rows], _rows(self.U, rows), self.V, None)
+        return _score_rows(self.static, updated, _rows(self.A, rows), self.B, _rows(self.R, rows), self.C,
+                           _rows(self.scores, rows))
+
     # -- inspection and export ------------------------------------------------------------
     @torch.no_grad()
     def score(self) -> torch.Tensor:
         """S, the importance score the mask is selected from, in output x input orientation."""
         self._require_whole_weights()
+        if self.mask_storage == "threshold" and self.blocks == 1:  # as its selection computes it
+            w = self._oriented(self.weight)
+            with _without_autocast(self.weight.device.type):
+                return torch.cat([self._rows_score(w, rows).clone() for rows in _row_chunks(self.out_features,
+                                                                                              self.in_features)])
         score = torch.empty(self.out_features, self.in_features, dtype=self.dtype, device=self.weight.device)
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):
@@ -454,9 +469,12 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
             if layer._mask_key == key:
                 continue
             fresh.append((layer, key))
-            bits = layer._mask_buffer()
             prunes = layer._block_prunes()
             on_device = layer.device_prunes
+            if layer.mask_storage == "threshold":  # (a capturable schedule refuses these layers)
+                _select_threshold(layer, prunes[0])
+                continue
+            bits = layer._mask_buffer()
             support = exact = None
             if layer.keep_zeros and on_device is not None:
                 raise ValueError("keep_zeros counts the base's zeros on the host: it cannot take its pruned "
@@ -500,6 +518,30 @@ def refresh_step_states(layers: list[SparseLayer]) -> None:
             pack_mask(whole, out=layer._mask_bits)
     for layer, key in fresh:  # only complete masks are ever used
         layer._mask_key = key
+
+
+def _select_threshold(layer: SparseLayer, prune: int) -> None:
+    """A threshold-kept mask's selection (``mask_storage="threshold"``): the score computed a chunk
+    of rows at a time, as every pass recomputes it, and selected as :func:`_select_by_rows` does."""
+    if prune == 0:
+        layer._threshold = masking.KEEP_ALL
+        return
+    n, k = layer.out_features, layer.in_features
+    chunks = _row_chunks(n, k)
+    with _without_autocast(layer.weight.device.type):
+        w = layer._oriented(layer.weight)
+
+        def score_of(entries: slice) -> torch.Tensor:
+            return layer._rows_score(w, slice(entries.start // k, entries.stop // k)).reshape(-1)
+
+        threshold = None
+        if len(chunks) > 1:
+            entries = [slice(rows.start * k, rows.stop * k) for rows in chunks]
+            threshold = masking.threshold_by_chunks(score_of, n * k, prune, entries)
+        if threshold is None:  # one chunk, or the bracket missed: selected whole
+            threshold = masking.prune_threshold(torch.cat([score_of(slice(rows.start * k, rows.stop * k))
+                                                           for rows in chunks]), prune)
+    layer._threshold = threshold
 
 
 def _select_by_rows(layer: SparseLayer, block: int, whole, prune: int, pattern) -> bool:
@@ -615,17 +657,20 @@ def _bits_of_rows(bits: torch.Tensor | None, rows: slice, k: int) -> torch.Tenso
     return None if bits is None else bits[rows.start * k // 8 : -(-rows.stop * k // 8)]
 
 
-def _reference_forward(spec: LayerSpec, x, w, bias, U, V, bits, table, one_hot, dtype: torch.dtype) -> torch.Tensor:
+def _reference_forward(spec: LayerSpec, x, w, bias, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
+                       dtype: torch.dtype) -> torch.Tensor:
     """y = x (M * W')^T + b without the fused kernels, M * W' built a chunk of rows at a time for a
     large matrix (:func:`_row_chunks`), each chunk's outputs written in place."""
     n, k = spec.out_features, spec.in_features
     chunks = _row_chunks(n, k)
+    score_terms = (A, B, R, C, scores)
     if len(chunks) == 1:
-        return nn.functional.linear(x, _effective_rows(spec, chunks[0], w, U, V, bits, table, one_hot, dtype), bias)
+        effective = _effective_rows(spec, chunks[0], w, U, V, score_terms, bits, threshold, table, one_hot, dtype)
+        return nn.functional.linear(x, effective, bias)
     y = x.new_empty(*x.shape[:-1], n)
     x2d, y2d = x.reshape(-1, k), y.view(-1, n)
     for rows in chunks:
-        effective = _effective_rows(spec, rows, w, U, V, bits, table, one_hot, dtype)
+        effective = _effective_rows(spec, rows, w, U, V, score_terms, bits, threshold, table, one_hot, dtype)
         part_bias = None if bias is None else bias[rows]
         if torch.compiler.is_compiling():  # dynamo takes no out= into a strided view
             y2d[:, rows] = nn.functional.linear(x2d, effective, part_bias)
@@ -637,12 +682,29 @@ def _reference_forward(spec: LayerSpec, x, w, bias, U, V, bits, table, one_hot, 
     return y
 
 
-def _effective_rows(spec: LayerSpec, rows: slice, w, U, V, bits, table, one_hot, dtype: torch.dtype) -> torch.Tensor:
+def _effective_rows(spec: LayerSpec, rows: slice, w, U, V, score_terms: tuple, bits, threshold, table, one_hot,
+                    dtype: torch.dtype) -> torch.Tensor:
     """Rows ``rows`` of M * W' in ``dtype``, by the torch reference."""
     k = spec.in_features
-    mask = None if bits is None else unpack_mask(_bits_of_rows(bits, rows, k), table, rows.stop - rows.start, k)
+    A, B, R, C, scores = score_terms
     updated = updated_weight(spec, w[rows], _rows(U, rows), V, _rows(one_hot, rows))
+    mask = _reference_mask(spec, updated, _rows(A, rows), B, _rows(R, rows), C, _rows(scores, rows),
+                           _bits_of_rows(bits, rows, k), _threshold_of_rows(threshold, rows, k), table)
     return _masked(updated, mask, dtype, reuse=U is not None)
+
+
+def _reference_mask(spec: LayerSpec, updated: torch.Tensor, A, B, R, C, scores, bits, threshold, table):
+    """M of the rows ``updated`` (W') holds, as 0/1 in W's dtype, or ``None`` where nothing is
+    pruned: unpacked from the layer's bits, or recomputed from the score and the threshold."""
+    if threshold is not None:
+        if threshold.keeps_all:
+            return None
+        return threshold.keep(_score_rows(spec, updated, A, B, R, C, scores)).to(updated.dtype)
+    return None if bits is None else unpack_mask(bits, table, *updated.shape)
+
+
+def _threshold_of_rows(threshold: masking.Threshold | None, rows: slice, k: int) -> masking.Threshold | None:
+    return None if threshold is None else threshold.after(rows.start * k)
 
 
 def _without_autocast(device_type: str):
@@ -671,6 +733,41 @@ def _fold(spread: torch.Tensor, one_hot: torch.Tensor | None) -> torch.Tensor:
 def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
     """``factor * tensor``, without an elementwise pass when the factor is 1 (the paper's default)."""
     return tensor if factor == 1 else tensor * factor
+
+
+def _add_score_terms(spec: LayerSpec, out: torch.Tensor, A, B, R, C, filled: bool) -> bool:
+    """The data-driven terms alpha1 A B + alpha2 (R 1^T + 1 C^T) added to ``out`` (repeats, rows,
+    k), or written there when not ``filled``, as one product of [alpha1 A | alpha2 R | alpha2] and
+    [B; 1; C^T]: one pass over S where there were three. A: (repeats, rows, r), B: (r, k),
+    R: (repeats, rows, 1), C: (k,), each ``None`` when its term is off. Whether ``out`` is filled."""
+    k = out.shape[-1]
+    left, right = [], []
+    if A is not None:
+        left.append(_scaled(A, spec.alpha1))
+        right.append(B)
+    if R is not None:
+        per_column = C.view(1, k)
+        left += [_scaled(R, spec.alpha2), torch.full_like(R, spec.alpha2)]
+        right += [torch.ones_like(per_column), per_column]
+    if not left:
+        return filled
+    a, b = torch.cat(left, -1), torch.cat(right).expand(out.shape[0], -1, -1)
+    out.baddbmm_(a, b) if filled else torch.baddbmm(out, a, b, beta=0, out=out)
+    return True
+
+
+def _score_rows(spec: LayerSpec, updated: torch.Tensor, A, B, R, C, scores) -> torch.Tensor:
+    """S of the rows that ``updated`` (W'), A, R and ``scores`` hold, for an unfused layer: how a
+    threshold-kept mask (``mask_storage="threshold"``) is selected and recomputed in every pass,
+    by the same ops on the same rows, so that it comes out the same."""
+    if scores is not None and not (spec.magnitude_score or A is not None or R is not None):
+        return scores  # movement pruning's: S itself
+    score = torch.empty(updated.shape, dtype=updated.dtype, device=updated.device)  # row-major, as selected
+    if spec.magnitude_score:
+        torch.abs(updated, out=score)
+    _add_score_terms(spec, score.unsqueeze(0), None if A is None else A.unsqueeze(0), B,
+                     None if R is None else R.view(1, -1, 1), C, filled=spec.magnitude_score)
+    return score if scores is None else score.add_(scores)
 
 
 def _output_by_input(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -713,17 +810,18 @@ class SparseLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row,
+    def forward(ctx, x, weight, bias, U, V, A, B, R, C, scores, bits, threshold, table, one_hot, block_of_row,
                 spec: LayerSpec, dtype):
         with _without_autocast(x.device.type):
             x = x.to(dtype)
             w = _output_by_input(weight, spec.transposed)
             bias = None if bias is None else bias.to(dtype)
-            if kernels.enabled(w):
+            if threshold is None and kernels.enabled(w):
                 y = nn.functional.linear(x, _fused_effective(spec, w, U, V, bits, block_of_row, dtype), bias)
             else:
-                y = _reference_forward(spec, x, w, bias, U, V, bits, table, one_hot, dtype)
-        ctx.spec = spec
+                y = _reference_forward(spec, x, w, bias, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
+                                       dtype)
+        ctx.spec, ctx.threshold = spec, threshold
         ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row)
         return y
 
@@ -732,22 +830,23 @@ class SparseLinearFunction(torch.autograd.Function):
         x, weight, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row = ctx.saved_tensors
         with _without_autocast(grad_y.device.type):
             grads = _backward(ctx.spec, ctx.needs_input_grad, grad_y.to(x.dtype), x, weight, U, V, A, B, R, C,
-                              scores, bits, table, one_hot, block_of_row)
-        return (*grads, None, None, None, None, None, None)
+                              scores, bits, ctx.threshold, table, one_hot, block_of_row)
+        return (*grads, None, None, None, None, None, None, None)
 
 
-def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, scores, bits, table, one_hot,
+def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
               block_of_row):
     """The gradients, each in its input's dtype (see :func:`_gradients`)."""
     n, k = spec.out_features, spec.in_features
     grad_y = grad_y.reshape(-1, n)
     w = _output_by_input(weight, spec.transposed)
-    chunks = [slice(0, n)] if kernels.enabled(w) else _row_chunks(n, k)
+    chunks = [slice(0, n)] if threshold is None and kernels.enabled(w) else _row_chunks(n, k)
     if len(chunks) == 1:
-        grads = _gradients(spec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row)
+        grads = _gradients(spec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
+                           block_of_row)
     else:
-        grads = _chunked_gradients(spec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, table, one_hot,
-                                   chunks)
+        grads = _chunked_gradients(spec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, threshold, table,
+                                   one_hot, chunks)
     grad_x = None if grads[0] is None else grads[0].view(x.shape)
     return _in_dtypes((grad_x, *grads[1:]), x, weight, U, V, A, B, R, C, scores)
 
@@ -756,8 +855,8 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
 _SUMMED_OVER_ROWS = (0, 4, 6, 8)
 
 
-def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, table, one_hot,
-                       chunks: list[slice]) -> list:
+def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, threshold, table,
+                       one_hot, chunks: list[slice]) -> list:
     """:func:`_gradients` a chunk of rows at a time (the reference path for a large matrix, see
     :func:`_row_chunks`), into gradients allocated before any chunk's temporaries: one allocated
     among them would outlive them and pin their memory in the heap."""
@@ -771,7 +870,8 @@ def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B,
     for rows in chunks:
         part = _gradients(replace(spec, out_features=rows.stop - rows.start), needs, grad_y[:, rows], x, w[rows],
                           _rows(U, rows), V, _rows(A, rows), B, _rows(R, rows), C, _rows(scores, rows),
-                          _bits_of_rows(bits, rows, k), table, _rows(one_hot, rows), None, grad_x=grads[0])
+                          _bits_of_rows(bits, rows, k), _threshold_of_rows(threshold, rows, k), table,
+                          _rows(one_hot, rows), None, grad_x=grads[0])
         for i, grad in enumerate(part):
             if grad is None or i == 0:  # dL/dx is accumulated in place
                 continue
@@ -790,21 +890,23 @@ def _gradient_buffer(index: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like, dtype=torch.promote_types(like.dtype, torch.float32))
 
 
-def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row,
-               grad_x: torch.Tensor | None = None) -> tuple:
+def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
+               block_of_row, grad_x: torch.Tensor | None = None) -> tuple:
     """The gradients from grad_y (tokens, n) and W as (n, k), dL/dx as (tokens, k), added to
     ``grad_x`` when given; at most two n x k temporaries besides the unpacked mask: in the
     reference, W' becomes dL/dS and then dL/dW' in place (when W' is not the weight itself);
     with the fused kernels, dL/dW' is written over dL/d(M * W')."""
     n, k = spec.out_features, spec.in_features
     grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
-    fused = kernels.enabled(w)
+    fused = threshold is None and kernels.enabled(w)
 
     score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
     weight_needs = needs[1] or needs[3] or needs[4]
-    # The reference's mask, unpacked once for both its uses (M * W' and M * G), in W's dtype.
-    mask = None if fused or bits is None or not (needs[0] or weight_needs) else unpack_mask(bits, table, n, k)
     updated = None if fused else updated_weight(spec, w, U, V, one_hot)
+    # The reference's mask, made once for both its uses (M * W' and M * G), in W's dtype.
+    mask = None
+    if not fused and (needs[0] or weight_needs):
+        mask = _reference_mask(spec, updated, A, B, R, C, scores, bits, threshold, table)
     if needs[0]:
         effective = (_fused_effective(spec, w, U, V, bits, block_of_row, x.dtype) if fused
                      else _masked(updated, mask, x.dtype))

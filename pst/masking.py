@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -281,6 +282,57 @@ def smallest(values: torch.Tensor, *ranks: int) -> list[torch.Tensor]:
     return [values.new_tensor(partitioned[position]) for position in positions]
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """A mask kept as the outcome of its selection instead of as bits: an entry is pruned when
+    its score is below ``value``, or equal to it at a (row-major) index below ``first_kept_tie``.
+
+    That is :func:`keep_mask`'s mask, ties included, as long as the scores are recomputed exactly
+    as they were selected from: two numbers per matrix where bits take one per weight.
+    """
+
+    value: float
+    first_kept_tie: int
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.value == -math.inf and self.first_kept_tie <= 0
+
+    def after(self, entries: int) -> "Threshold":
+        """The same threshold for the entries from ``entries`` on (a chunk of rows)."""
+        return Threshold(self.value, self.first_kept_tie - entries)
+
+    def keep(self, scores: torch.Tensor) -> torch.Tensor:
+        """The boolean keep-mask of ``scores`` (any shape, row-major from entry 0 of the selection)."""
+        flat = scores.reshape(-1)
+        keep = flat > self.value
+        start = max(self.first_kept_tie, 0)
+        if start < flat.numel():
+            tail = keep[start:]
+            tail |= flat[start:] == self.value
+        return keep.view(scores.shape)
+
+
+KEEP_ALL = Threshold(-math.inf, 0)
+
+
+def prune_threshold(scores: torch.Tensor, prune: int) -> Threshold:
+    """The :class:`Threshold` pruning exactly ``prune`` of the 1-D ``scores`` (the ``"kthvalue"`` strategy)."""
+    m = scores.numel()
+    if prune <= 0:
+        return KEEP_ALL
+    if prune >= m:
+        return Threshold(math.inf, m)
+    value = smallest(scores, prune)[0]
+    excess = int(torch.count_nonzero(scores <= value)) - prune
+    return Threshold(value.item(), _first_kept_tie(torch.nonzero(scores == value).squeeze(1), excess, m))
+
+
+def _first_kept_tie(tied: torch.Tensor, excess: int, numel: int) -> int:
+    """Of the entries tied at the threshold (their indices, ascending), the last ``excess`` are kept."""
+    return int(tied[-excess]) if excess > 0 else numel
+
+
 def keep_by_chunks(score_of: Callable[[slice], torch.Tensor], numel: int, prune: int,
                    pattern: tuple[int, int] | None, chunks: list[slice],
                    keep_chunk: Callable[[slice, torch.Tensor], None]) -> torch.Tensor | None:
@@ -296,6 +348,33 @@ def keep_by_chunks(score_of: Callable[[slice], torch.Tensor], numel: int, prune:
     :func:`keep_mask` (ties included). ``None`` when the bracket missed (a 6-sigma event): select whole then.
     Scores are not kept between the passes, so both must give the same values.
     """
+    found = _select_by_chunks(score_of, numel, prune, pattern, chunks, keep_chunk)
+    if found is None:
+        return None
+    index, values, value, excess = found
+    kept = values > value
+    if excess > 0:  # ties at the threshold: keep the last `excess` of them, as _keep_row does
+        tied = torch.nonzero(values == value).squeeze(1)
+        kept[tied[-excess:]] = True
+    return index[kept]
+
+
+def threshold_by_chunks(score_of: Callable[[slice], torch.Tensor], numel: int, prune: int,
+                        chunks: list[slice]) -> Threshold | None:
+    """:func:`prune_threshold` of a matrix scored a chunk at a time, as :func:`keep_by_chunks`
+    selects it (unstructured); ``None`` when the bracket missed."""
+    if prune <= 0:
+        return KEEP_ALL
+    found = _select_by_chunks(score_of, numel, prune, None, chunks, None)
+    if found is None:
+        return None
+    index, values, value, excess = found
+    return Threshold(value.item(), _first_kept_tie(index[values == value], excess, numel))
+
+
+def _select_by_chunks(score_of, numel: int, prune: int, pattern, chunks: list[slice], keep_chunk):
+    """What :func:`keep_by_chunks` and :func:`threshold_by_chunks` share: (flat indices and
+    scores of the bracket's entries, the threshold, how many entries at or below it are kept)."""
     if pattern is not None:
         prune = min(prune, numel // pattern[1] * (pattern[1] - pattern[0]))
 
@@ -317,7 +396,8 @@ def keep_by_chunks(score_of: Callable[[slice], torch.Tensor], numel: int, prune:
     for entries in chunks:
         scores = scored(entries)
         above = scores > hi
-        keep_chunk(entries, above)
+        if keep_chunk is not None:
+            keep_chunk(entries, above)
         inside = ~above
         if lo is not None:
             at_least = scores >= lo
@@ -331,9 +411,5 @@ def keep_by_chunks(score_of: Callable[[slice], torch.Tensor], numel: int, prune:
     if not 1 <= rank <= index.numel():
         return None
     value = smallest(values, rank)[0]
-    kept = values > value
-    excess = below + index.numel() - int(torch.count_nonzero(kept)) - prune
-    if excess > 0:  # ties at the threshold: keep the last `excess` of them, as _keep_row does
-        tied = torch.nonzero(values == value).squeeze(1)
-        kept[tied[-excess:]] = True
-    return index[kept]
+    excess = below + int(torch.count_nonzero(values <= value)) - prune
+    return index, values, value, excess

@@ -112,6 +112,9 @@ class SparsityScheduler:
             if layer.keep_zeros:
                 raise ValueError("capturable=True does not support keep_zeros: its pruned counts depend on the "
                                  "base's zeros, counted on the host")
+            if layer.mask_storage == "threshold":
+                raise ValueError("capturable=True needs mask_storage='bits': a threshold is selected with the "
+                                 "pruned count on the host")
             if not layer._weights_present():
                 raise ValueError("capturable=True needs every sparse layer's weights whole on this rank; "
                                  "FSDP shards them, and its layers rebuild their masks in their units' forward")

@@ -1,5 +1,6 @@
 """PST sharded as users shard a decoder (FSDP2 per decoder layer + root, resharding after forward or
-keeping units gathered with explicit prefetch; FSDP1 with use_orig_params),
+keeping units gathered with explicit prefetch, or with masks kept as thresholds and matrices
+worked by row chunks; FSDP1 with use_orig_params),
 2 processes on CPU (gloo), fp64: exact counts, identical masks on every rank and equal to one
 process training the same global batch, the report, the adapter and the full state dict."""
 import json
@@ -15,7 +16,7 @@ from launcher import HERE, torchrun  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["fsdp2", "fsdp2-prefetch", "fsdp1"])
+@pytest.fixture(scope="module", params=["fsdp2", "fsdp2-prefetch", "fsdp1", "fsdp2-threshold"])
 def sharded_run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     torchrun([str(HERE / "fsdp_worker.py"), request.param, str(out)], cwd=out)
@@ -79,3 +80,11 @@ def test_fsdp1_inner_module_is_refused_with_the_fix(sharded_run):
         pytest.skip("FSDP1 only: its root unit holds parameters the inner module cannot gather")
     for rank in (rank0, rank1):
         assert "pass the object FSDP(...) returned" in rank["inner_refusal"]
+
+
+def test_the_threshold_run_keeps_no_bits(sharded_run):
+    kind, (rank0, rank1) = sharded_run
+    threshold = kind.endswith("-threshold")
+    for rank in (rank0, rank1):
+        assert rank["mask_storages"] == (["threshold"] if threshold else ["bits"])
+        assert rank["bits_held"] is not threshold

@@ -1,9 +1,12 @@
 """One sharded PST training, run by ``tests/test_distributed_fsdp.py`` under torchrun (gloo, CPU):
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/fsdp_worker.py {fsdp2,fsdp2-prefetch,fsdp1} OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/fsdp_worker.py \
+        {fsdp2,fsdp2-prefetch,fsdp1,fsdp2-threshold} OUT
 
 A tiny fp64 LLaMA, PST at 90% reached at step 5 of 6, sharded as users shard a decoder (one
-unit per decoder layer and the root), two micro-batches per rank and step. Each rank writes
+unit per decoder layer and the root), two micro-batches per rank and step. ``-threshold``: masks
+kept as thresholds (``mask_storage="threshold"``), every matrix worked in chunks of 8 rows (the
+path an LLM's matrices take). Each rank writes
 ``OUT/rank<r>.json``: the hash and zero count of every mask after every step (gathered), the
 mask rebuilds per layer and step, the sparsity report. Rank 0 also trains the same global
 batch in one process (the reference) and checks the adapter and the full state dict against
@@ -28,12 +31,13 @@ from pst import distributed  # noqa: E402
 from tiny_decoders import causal_lm, perturb, token_batch  # noqa: E402
 
 STEPS, MICRO, PER_RANK, SPARSITY, LR = 6, 2, 4, 0.9, 1e-2
+CONFIG = pst.PSTConfig(sparsity=SPARSITY)
 
 
 def build() -> torch.nn.Module:
     model = causal_lm("llama", seed=0).to(torch.float64)
     torch.manual_seed(1)  # U and A are drawn at sparsify
-    pst.sparsify(model, pst.PSTConfig(sparsity=SPARSITY))
+    pst.sparsify(model, CONFIG)
     perturb(model)
     return model.train()
 
@@ -109,6 +113,11 @@ def counting_rebuilds() -> Counter:
 
 
 def main(kind: str, out: Path) -> None:
+    global CONFIG
+    if kind.endswith("-threshold"):
+        kind = kind.removesuffix("-threshold")
+        CONFIG = pst.PSTConfig(sparsity=SPARSITY, mask_storage="threshold")
+        pst.layers._ROW_CHUNK_ENTRIES = 8
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -147,7 +156,9 @@ def main(kind: str, out: Path) -> None:
     result = {"rank": rank, "world": world, "masks": history, "inner_refusal": refusal, "rebuilds": per_step_rebuilds, "report": report,
               "shapes": {distributed.clean_name(name): [layer.out_features, layer.in_features]
                          for name, layer in pst.sparse_layers(model)},
-              "sparsities": [scheduler.get_sparsity(step) for step in range(1, STEPS + 1)]}
+              "sparsities": [scheduler.get_sparsity(step) for step in range(1, STEPS + 1)],
+              "mask_storages": sorted({layer.mask_storage for _, layer in pst.sparse_layers(model)}),
+              "bits_held": any(layer._mask_bits is not None for _, layer in pst.sparse_layers(model))}
     if rank == 0:
         result |= check_on_rank0(out, sharded_logits, full_state, batch, probe)
     (out / f"rank{rank}.json").write_text(json.dumps(result))
@@ -172,7 +183,7 @@ def check_on_rank0(out: Path, sharded_logits, full_state, batch, probe) -> dict:
         adapter_logits = fresh(**probe).logits
     state = {}
     if full_state is not None:  # a full state dict reloaded with no schedule: the sparsity travels in it
-        reloaded = pst.sparsify(causal_lm("llama", seed=0).to(torch.float64), pst.PSTConfig(sparsity=SPARSITY)).eval()
+        reloaded = pst.sparsify(causal_lm("llama", seed=0).to(torch.float64), CONFIG).eval()
         reloaded.load_state_dict(full_state, strict=True)
         with torch.no_grad():
             state = {"state_dict_logits_equal": bool(torch.equal(reloaded(**probe).logits, sharded_logits)),
