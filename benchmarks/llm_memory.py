@@ -9,8 +9,11 @@ above the loaded, sparsified model. The per-layer slope of two layer counts give
 32 layers (a 2-layer step takes minutes on a laptop CPU: the full model is extrapolated,
 not run).
 
-    python benchmarks/llm_memory.py                      # 2 and 4 layers, lora and pst
+    python benchmarks/llm_memory.py                      # 2 and 4 layers, lora, pst and pst-threshold
     python benchmarks/llm_memory.py --layers 2 --methods pst
+
+``pst-threshold`` is PST with ``mask_storage="threshold"``: no mask bits, the score recomputed
+in every pass. A method name ending in ``-threshold`` keeps its masks so.
 """
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ def worker(method: str, layers: int, sparsity: float, threads: int) -> dict:
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS))
         sparsified = sum(m.base_layer.weight.numel() for n, m in model.named_modules() if hasattr(m, "base_layer"))
     else:
-        pst.sparsify(model, pst.PSTConfig(method=method, sparsity=sparsity, target_modules=TARGETS))
+        name, storage = (method.removesuffix("-threshold"), "threshold") if method.endswith("-threshold") else (method, "bits")
+        pst.sparsify(model, pst.PSTConfig(method=name, sparsity=sparsity, target_modules=TARGETS, mask_storage=storage))
         pst.set_sparsity(model, sparsity)
         sparsified = sum(layer.weight.numel() for _, layer in pst.sparse_layers(model))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -83,7 +87,7 @@ def extrapolate(rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--methods", nargs="+", default=["lora", "pst"])
+    parser.add_argument("--methods", nargs="+", default=["lora", "pst", "pst-threshold"])
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", help="also write the measurements to this file")
@@ -120,7 +124,7 @@ def main() -> None:
                   "| method | peak (GiB) | peak × LoRA | above model (GiB) | above model per sparsified weight, slope (bytes) |",
                   "|---|---|---|---|---|"]
         for method, e in extrapolated.items():
-            ratio = (f"{e['peak_mib'] / extrapolated['lora']['peak_mib']:.2f}x" if "lora" in extrapolated else "—")
+            ratio = (f"{e['peak_mib'] / extrapolated['lora']['peak_mib']:.3f}x" if "lora" in extrapolated else "—")
             lines.append(f"| {method} | {e['peak_mib'] / 1024:.1f} | {ratio} | {e['above_mib'] / 1024:.2f} | "
                          f"{e['above_bytes_per_weight_slope']:.2f} |")
     print("\n".join(lines))

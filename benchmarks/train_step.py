@@ -29,7 +29,8 @@ model held wholly in bf16, as LLM users load it.
 Methods: ``dense`` (full fine-tuning), ``lora`` (peft's LoRA, r = 8, same modules),
 ``official`` (PST computed as the official code does: full argsort of every score matrix on
 every call, autograd through every intermediate; ``official_style.py``), ``pst``, and on
-request ``movement`` and ``magnitude``. Pruning methods run at the target sparsity (default
+request ``movement``, ``magnitude`` and ``pst-threshold`` (PST with ``mask_storage="threshold"``:
+no mask bits, the score recomputed in every pass). Pruning methods run at the target sparsity (default
 0.9), where every matrix needs its threshold at every step. Peak memory: CUDA's
 ``max_memory_allocated``; on CPU the process's peak RSS, which glibc's heap fragmentation
 moves by a few percent from run to run.
@@ -74,7 +75,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("dense", "lora", "official", "pst", "movement", "magnitude")
+METHODS = ("dense", "lora", "official", "pst", "pst-threshold", "movement", "magnitude")
 DEFAULT_METHODS = ("dense", "lora", "official", "pst")
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-weights")
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -108,8 +109,9 @@ def _build(method: str, args):
         model = _model(args)
     if args.precision == "bf16-weights":
         model.to(torch.bfloat16)
-    config = pst.PSTConfig(method=method if method != "official" else "pst", sparsity=args.sparsity,
-                           target_modules=LLAMA_TARGETS if args.shape == "llama-7b-layers" else None)
+    config = pst.PSTConfig(method=method if method in pst.methods.METHODS else "pst", sparsity=args.sparsity,
+                           target_modules=LLAMA_TARGETS if args.shape == "llama-7b-layers" else None,
+                           mask_storage="threshold" if method == "pst-threshold" else "bits")
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 

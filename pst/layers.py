@@ -28,7 +28,10 @@ everything in bf16. The zero count is exact either way.
 
 Memory: the autograd function saves only the input, the parameters (no copies) and the mask
 bits; W' and M * W' are recomputed in the backward pass, so no n x k float tensor outlives
-the layer's forward, and at most two live at once inside it (besides the unpacked mask). On
+the layer's forward, and at most two live at once inside it (besides the unpacked mask). With
+``mask_storage="threshold"`` there are no bits either: the selection keeps the threshold and
+where its ties stop being pruned (``pst.masking.Threshold``), and each pass recomputes S by
+the selection's own ops (:func:`_score_rows`) and compares. On
 the reference path a matrix of more than ``_ROW_CHUNK_ENTRIES`` entries (an LLM's) is built,
 differentiated and selected a chunk of rows at a time, so those temporaries are chunk-sized.
 """
@@ -394,8 +397,8 @@ class SparseLayer(nn.Module):
         if self.mask_storage == "threshold" and self.blocks == 1:  # as its selection computes it
             w = self._oriented(self.weight)
             with _without_autocast(self.weight.device.type):
-                return torch.cat([self._rows_score(w, rows).clone() for rows in _row_chunks(self.out_features,
-                                                                                              self.in_features)])
+                return torch.cat([self._rows_score(w, rows) for rows in _row_chunks(self.out_features,
+                                                                                      self.in_features)])
         score = torch.empty(self.out_features, self.in_features, dtype=self.dtype, device=self.weight.device)
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):
@@ -539,8 +542,8 @@ def _select_threshold(layer: SparseLayer, prune: int) -> None:
             entries = [slice(rows.start * k, rows.stop * k) for rows in chunks]
             threshold = masking.threshold_by_chunks(score_of, n * k, prune, entries)
         if threshold is None:  # one chunk, or the bracket missed: selected whole
-            threshold = masking.prune_threshold(torch.cat([score_of(slice(rows.start * k, rows.stop * k))
-                                                           for rows in chunks]), prune)
+            parts = [score_of(slice(rows.start * k, rows.stop * k)) for rows in chunks]
+            threshold = masking.prune_threshold(parts[0] if len(parts) == 1 else torch.cat(parts), prune)
     layer._threshold = threshold
 
 
@@ -699,7 +702,7 @@ def _reference_mask(spec: LayerSpec, updated: torch.Tensor, A, B, R, C, scores, 
     if threshold is not None:
         if threshold.keeps_all:
             return None
-        return threshold.keep(_score_rows(spec, updated, A, B, R, C, scores)).to(updated.dtype)
+        return threshold.mask_(_score_rows(spec, updated, A, B, R, C, scores))
     return None if bits is None else unpack_mask(bits, table, *updated.shape)
 
 
@@ -757,11 +760,11 @@ def _add_score_terms(spec: LayerSpec, out: torch.Tensor, A, B, R, C, filled: boo
 
 
 def _score_rows(spec: LayerSpec, updated: torch.Tensor, A, B, R, C, scores) -> torch.Tensor:
-    """S of the rows that ``updated`` (W'), A, R and ``scores`` hold, for an unfused layer: how a
-    threshold-kept mask (``mask_storage="threshold"``) is selected and recomputed in every pass,
-    by the same ops on the same rows, so that it comes out the same."""
+    """S of the rows that ``updated`` (W'), A, R and ``scores`` hold, for an unfused layer, in a new
+    row-major tensor: how a threshold-kept mask (``mask_storage="threshold"``) is selected and
+    recomputed in every pass, by the same ops on the same rows, so that it comes out the same."""
     if scores is not None and not (spec.magnitude_score or A is not None or R is not None):
-        return scores  # movement pruning's: S itself
+        return scores.clone(memory_format=torch.contiguous_format)  # movement pruning's: S itself
     score = torch.empty(updated.shape, dtype=updated.dtype, device=updated.device)  # row-major, as selected
     if spec.magnitude_score:
         torch.abs(updated, out=score)

@@ -304,13 +304,21 @@ class Threshold:
 
     def keep(self, scores: torch.Tensor) -> torch.Tensor:
         """The boolean keep-mask of ``scores`` (any shape, row-major from entry 0 of the selection)."""
-        flat = scores.reshape(-1)
-        keep = flat > self.value
-        start = max(self.first_kept_tie, 0)
-        if start < flat.numel():
-            tail = keep[start:]
-            tail |= flat[start:] == self.value
+        flat, start = scores.reshape(-1), self._tie_start(scores.numel())
+        keep = torch.empty(flat.shape, dtype=torch.bool, device=flat.device)
+        torch.gt(flat[:start], self.value, out=keep[:start])
+        torch.ge(flat[start:], self.value, out=keep[start:])  # from there on, ties are kept
         return keep.view(scores.shape)
+
+    def mask_(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` (contiguous) overwritten by the mask, 0 or 1 in their own dtype: one pass."""
+        flat, start = scores.view(-1), self._tie_start(scores.numel())
+        flat[:start].gt_(self.value)
+        flat[start:].ge_(self.value)
+        return scores
+
+    def _tie_start(self, numel: int) -> int:
+        return min(max(self.first_kept_tie, 0), numel)
 
 
 KEEP_ALL = Threshold(-math.inf, 0)

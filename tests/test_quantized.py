@@ -244,3 +244,21 @@ def test_methods_that_train_w_are_refused_over_a_quantized_base(quantize, method
     with pytest.raises(TypeError, match=r"cannot sparsify model.layers.0.self_attn.q_proj: .*cannot train.*'pst', 'lora'"):
         pst.sparsify(model, pst.PSTConfig(method=method))
     assert not list(pst.sparse_layers(model))
+
+
+@backends
+def test_threshold_masks_over_a_quantized_base_equal_the_bits(quantize):
+    """``mask_storage="threshold"`` recomputes the score from the dequantized W in every pass."""
+    def run(storage):
+        model, _ = quantized_llama(quantize)
+        torch.manual_seed(1)
+        pst.sparsify(model, pst.PSTConfig(sparsity=0.5, mask_storage=storage))
+        pst.set_sparsity(model, 0.5)
+        losses = train(model, steps=3)
+        return losses, {name: layer.mask() for name, layer in pst.sparse_layers(model)}
+
+    bits_losses, bits_masks = run("bits")
+    losses, masks = run("threshold")
+    assert losses == bits_losses
+    for name, mask in masks.items():
+        assert torch.equal(mask, bits_masks[name]), name

@@ -64,6 +64,18 @@ def test_threshold_gives_the_bits_mask_outputs_and_gradients(monkeypatch, kind, 
     check_against_reference(threshold)  # and against the autograd reference of the paper's formulas
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("prune", [0, 1, 500, 999, 1000])
+def test_a_threshold_keeps_what_keep_mask_keeps(dtype, prune):
+    scores = torch.randint(0, 7, (1000,), generator=torch.Generator().manual_seed(prune)).to(dtype)  # ties
+    expected = masking.keep_mask(scores.view(1, -1), prune)[0]
+    threshold = masking.prune_threshold(scores, prune)
+    assert torch.equal(threshold.keep(scores), expected)
+    assert torch.equal(threshold.mask_(scores.clone()), expected.to(dtype))
+    for start in (0, 3 * 64, 999):  # a chunk's share of it, from entry ``start`` on
+        assert torch.equal(threshold.after(start).keep(scores[start:]), expected[start:])
+
+
 @pytest.mark.parametrize("sparsity", [0.3, 0.55, 0.8])
 @pytest.mark.parametrize("rows_per_chunk", [None, 8], ids=["whole", "row-chunks"])
 def test_ties_are_pruned_lowest_index_first(monkeypatch, sparsity, rows_per_chunk):
