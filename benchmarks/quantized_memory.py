@@ -8,6 +8,8 @@ stores int4 values unpacked in int8 on CPU), or left in bf16 (``none``). One pro
 (batch 1 x 16, gradient checkpointing, AdamW):
 
 - ``pst``: ``pst.sparsify`` at the target sparsity (0.9), W dequantized per layer;
+- ``pst-threshold``: the same with ``mask_storage="threshold"`` (no mask bits, the score
+  recomputed in every pass);
 - ``pst-keep``: ``PSTConfig(keep_zeros=True)`` on a base pruned to ~50% before quantization
   (|W| below its median for the normal init), only U and V train;
 - ``lora``: peft's LoRA r = 8 on the same modules and the same base (peft wraps bitsandbytes
@@ -92,7 +94,9 @@ def _build(args):
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS))
     else:
         keep = args.method == "pst-keep"
-        pst.sparsify(model, pst.PSTConfig(target_modules=TARGETS, keep_zeros=keep, sparsity=0.0 if keep else 0.9))
+        storage = "threshold" if args.method == "pst-threshold" else "bits"
+        pst.sparsify(model, pst.PSTConfig(target_modules=TARGETS, keep_zeros=keep, sparsity=0.0 if keep else 0.9,
+                                          mask_storage=storage))
         pst.set_sparsity(model, 0.0 if keep else 0.9)
     return model.train()
 
@@ -131,7 +135,7 @@ def worker(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quant", choices=("nf4", "int8", "int4", "none"), help="one base for every --methods")
-    parser.add_argument("--methods", nargs="+", choices=("pst", "pst-keep", "lora"), default=["pst", "pst-keep", "lora"])
+    parser.add_argument("--methods", nargs="+", choices=("pst", "pst-threshold", "pst-keep", "lora"), default=["pst", "pst-keep", "lora"])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)

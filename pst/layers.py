@@ -343,9 +343,11 @@ class SparseLayer(nn.Module):
         """A weight parameter in output x input orientation: a view, or this layer's dequantized W (``pst.base_weights``)."""
         return _output_by_input(weight, self.transposed)
 
-    def _block_score(self, block: int, out: torch.Tensor, span: slice | None = None) -> None:
+    def _block_score(self, block: int, out: torch.Tensor, span: slice | None = None,
+                     oriented: torch.Tensor | None = None) -> None:
         """S of one block written into ``out`` (repeats, block rows, k), computed where it lands;
-        with ``span``, only those of the block's rows (in each repetition)."""
+        with ``span``, only those of the block's rows (in each repetition). ``oriented``: W as
+        (n, k) where the caller has it already (a quantized base, dequantized once for all chunks)."""
         def rows(tensor: torch.Tensor, block: int) -> torch.Tensor:
             whole = self.layout.rows_of(tensor, block)
             return whole if span is None else whole[:, span]
@@ -357,7 +359,8 @@ class SparseLayer(nn.Module):
             return parameter[block] if self.blocks > 1 and parameter is not None else parameter
 
         # W (dequantized, for a quantized base) only where the score reads it.
-        oriented = self._oriented(self.weight) if self.magnitude_score else None
+        if oriented is None and self.magnitude_score:
+            oriented = self._oriented(self.weight)
         has_term = self.magnitude_score or self.A is not None or self.R is not None
         if has_term and self.scores is None and span is None and kernels.enabled(out):  # one fused pass
             layout = self.layout
@@ -400,11 +403,12 @@ class SparseLayer(nn.Module):
                 return torch.cat([self._rows_score(w, rows) for rows in _row_chunks(self.out_features,
                                                                                       self.in_features)])
         score = torch.empty(self.out_features, self.in_features, dtype=self.dtype, device=self.weight.device)
+        oriented = self._oriented(self.weight) if self.magnitude_score else None
         with _without_autocast(self.weight.device.type):
             for block in range(self.blocks):
                 part = torch.empty(self.layout.repeats, self.layout.sizes[block], self.in_features, dtype=score.dtype,
                                    device=score.device)
-                self._block_score(block, part)
+                self._block_score(block, part, oriented=oriented)
                 self.layout.rows_of(score, block).copy_(part)
         return score
 
@@ -556,12 +560,14 @@ def _select_by_rows(layer: SparseLayer, block: int, whole, prune: int, pattern) 
     n, k, bits = layer.out_features, layer.in_features, layer._mask_bits
     chunks = [slice(rows.start * k, rows.stop * k) for rows in _row_chunks(n, k)]
 
+    oriented = layer._oriented(layer.weight) if layer.magnitude_score else None  # dequantized once, not per chunk
+
     def rows_of(entries: slice) -> slice:
         return slice(entries.start // k, entries.stop // k)
 
     def score_of(entries: slice) -> torch.Tensor:
         out = torch.empty(entries.stop - entries.start, dtype=layer.dtype, device=bits.device)
-        layer._block_score(block, out.view(1, -1, k), span=rows_of(entries))
+        layer._block_score(block, out.view(1, -1, k), span=rows_of(entries), oriented=oriented)
         return out
 
     def keep_chunk(entries: slice, keep: torch.Tensor) -> None:
