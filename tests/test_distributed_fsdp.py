@@ -1,6 +1,6 @@
 """PST sharded as users shard a decoder (FSDP2 per decoder layer + root, resharding after forward or
-keeping units gathered with explicit prefetch, or with masks kept as thresholds and matrices
-worked by row chunks; FSDP1 with use_orig_params),
+keeping units gathered with explicit prefetch, with matrices worked by row chunks, with masks
+kept as thresholds too; FSDP1 with use_orig_params),
 2 processes on CPU (gloo), fp64: exact counts, identical masks on every rank and equal to one
 process training the same global batch, the report, the adapter and the full state dict."""
 import json
@@ -16,7 +16,7 @@ from launcher import HERE, torchrun  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["fsdp2", "fsdp2-prefetch", "fsdp1", "fsdp2-threshold"])
+@pytest.fixture(scope="module", params=["fsdp2", "fsdp2-prefetch", "fsdp1", "fsdp2-chunks", "fsdp2-threshold"])
 def sharded_run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     torchrun([str(HERE / "fsdp_worker.py"), request.param, str(out)], cwd=out)

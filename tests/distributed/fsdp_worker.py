@@ -1,12 +1,12 @@
 """One sharded PST training, run by ``tests/test_distributed_fsdp.py`` under torchrun (gloo, CPU):
 
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed/fsdp_worker.py \
-        {fsdp2,fsdp2-prefetch,fsdp1,fsdp2-threshold} OUT
+        {fsdp2,fsdp2-prefetch,fsdp1,fsdp2-chunks,fsdp2-threshold} OUT
 
 A tiny fp64 LLaMA, PST at 90% reached at step 5 of 6, sharded as users shard a decoder (one
-unit per decoder layer and the root), two micro-batches per rank and step. ``-threshold``: masks
-kept as thresholds (``mask_storage="threshold"``), every matrix worked in chunks of 8 rows (the
-path an LLM's matrices take). Each rank writes
+unit per decoder layer and the root), two micro-batches per rank and step. ``-chunks``: every matrix
+built, differentiated and selected in chunks of 8 rows (the path an LLM's matrices take on a
+CPU); ``-threshold``: so too, with masks kept as thresholds (``mask_storage="threshold"``). Each rank writes
 ``OUT/rank<r>.json``: the hash and zero count of every mask after every step (gathered), the
 mask rebuilds per layer and step, the sparsity report. Rank 0 also trains the same global
 batch in one process (the reference) and checks the adapter and the full state dict against
@@ -114,10 +114,11 @@ def counting_rebuilds() -> Counter:
 
 def main(kind: str, out: Path) -> None:
     global CONFIG
-    if kind.endswith("-threshold"):
-        kind = kind.removesuffix("-threshold")
-        CONFIG = pst.PSTConfig(sparsity=SPARSITY, mask_storage="threshold")
+    if kind.endswith(("-chunks", "-threshold")):
+        kind, _, variant = kind.partition("-")
         pst.layers._ROW_CHUNK_ENTRIES = 8
+        if variant == "threshold":
+            CONFIG = pst.PSTConfig(sparsity=SPARSITY, mask_storage="threshold")
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
