@@ -23,6 +23,7 @@ selected mask with the support.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,6 +57,52 @@ def dequantized(weight: torch.Tensor) -> torch.Tensor:
     if _is_bnb_4bit(weight):  # bitsandbytes is imported already (never by pst: an optional package)
         return sys.modules["bitsandbytes"].functional.dequantize_4bit(weight.data, weight.quant_state)
     return weight  # e.g. an FSDP DTensor: dense already
+
+
+def row_reader(weight: torch.Tensor, transposed: bool = False) -> Callable[[slice], torch.Tensor]:
+    """W's rows, in output x input orientation, a range at a time: views of a plain weight, a
+    quantized one dequantized range by range, so that a layer working in row chunks never holds
+    the whole dequantized matrix. For one pass: it may keep what all ranges share (bitsandbytes'
+    dequantized block scales). The ranges give exactly the rows of :func:`dequantized`."""
+    plain = type(weight) is nn.Parameter or type(weight) is torch.Tensor  # the common case, first (and traceable)
+    if plain or transposed or not is_quantized(weight):  # (quantized modules are nn.Linear, never Conv1D)
+        oriented = dequantized(weight)
+        return (oriented.t() if transposed else oriented).__getitem__
+    if _is_torchao(weight):  # its weight-only tensors slice by rows, scales with them
+        return lambda rows: weight[rows].dequantize()
+    return _Bnb4bitRows(weight)
+
+
+class _Bnb4bitRows:
+    """Rows of a bitsandbytes 4-bit W whose rows are whole blocks (k a multiple of the block size,
+    as every LLM width is): its packed entries and block scales are then row-major, a range of rows
+    is a range of each, and dequantizes alone (bitsandbytes' own ``dequantize_4bit`` on a
+    sub-state); other shapes are dequantized whole, once. No package dequantizes part of a 4-bit
+    tensor, hence the code."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        functional = sys.modules["bitsandbytes"].functional
+        state = weight.quant_state
+        absmax = state.absmax
+        if state.nested:  # the block scales are themselves quantized: dequantized once, as dequantize_4bit does
+            absmax = functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
+        self.weight, self.state, self.absmax, self.functional = weight, state, absmax, functional
+        self.columns = state.shape[1]
+        self.whole = None
+
+    def __call__(self, rows: slice) -> torch.Tensor:
+        start, stop, _ = rows.indices(self.state.shape[0])
+        size = self.state.blocksize
+        if self.columns % size:
+            if self.whole is None:
+                self.whole = dequantized(self.weight)
+            return self.whole[start:stop]
+        blocks = self.columns // size
+        part = type(self.state)(absmax=self.absmax[start * blocks : stop * blocks],
+                                shape=torch.Size((stop - start, self.columns)), code=self.state.code, blocksize=size,
+                                quant_type=self.state.quant_type, dtype=self.state.dtype)
+        packed = self.weight.data.view(-1)[start * self.columns // 2 : stop * self.columns // 2]
+        return self.functional.dequantize_4bit(packed, part)
 
 
 def float_dtype(weight: torch.Tensor) -> torch.dtype:

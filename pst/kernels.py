@@ -63,18 +63,23 @@ _verdicts: dict[torch.device, bool] = {}  # per device: whether the kernels comp
 
 def enabled(weight: torch.Tensor) -> bool:
     """Whether a layer with this (oriented, dequantized) W runs the fused kernels."""
-    if _mode == "reference" or weight.dtype not in _DTYPES:
+    return enabled_for(weight.dtype, weight.device)
+
+
+def enabled_for(dtype: torch.dtype, device: torch.device) -> bool:
+    """:func:`enabled` for a W of this float dtype on this device (a quantized W not dequantized yet)."""
+    if _mode == "reference" or dtype not in _DTYPES:
         return False
     if _mode == "triton":
         if not _TRITON:
             raise ImportError("PST_KERNELS=triton, but triton is not installed; install it or use PST_KERNELS=auto")
         return True
-    if not weight.is_cuda:
+    if device.type != "cuda":
         return False
     if not _TRITON:
         _warn_no_triton()
         return False
-    return _works_on(weight.device)
+    return _works_on(device)
 
 
 def _works_on(device: torch.device) -> bool:

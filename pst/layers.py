@@ -326,7 +326,7 @@ class SparseLayer(nn.Module):
             return None
         self.refresh_mask()
         if self._threshold is not None:
-            k, w = self.in_features, self._oriented(self.weight)
+            k, w = self.in_features, base_weights.row_reader(self.weight, self.transposed)
             with _without_autocast(self.weight.device.type):
                 return torch.cat([self._threshold.after(rows.start * k).keep(self._rows_score(w, rows))
                                   for rows in _row_chunks(self.out_features, k)])
@@ -344,10 +344,11 @@ class SparseLayer(nn.Module):
         return _output_by_input(weight, self.transposed)
 
     def _block_score(self, block: int, out: torch.Tensor, span: slice | None = None,
-                     oriented: torch.Tensor | None = None) -> None:
+                     oriented: torch.Tensor | None = None, span_weight: torch.Tensor | None = None) -> None:
         """S of one block written into ``out`` (repeats, block rows, k), computed where it lands;
-        with ``span``, only those of the block's rows (in each repetition). ``oriented``: W as
-        (n, k) where the caller has it already (a quantized base, dequantized once for all chunks)."""
+        with ``span``, only those of the block's rows (in each repetition). Where the caller has
+        read W already: ``oriented``, W as (n, k) (a quantized base, dequantized once for all
+        blocks); ``span_weight``, the span's rows of an unfused W (dequantized alone)."""
         def rows(tensor: torch.Tensor, block: int) -> torch.Tensor:
             whole = self.layout.rows_of(tensor, block)
             return whole if span is None else whole[:, span]
@@ -359,7 +360,7 @@ class SparseLayer(nn.Module):
             return parameter[block] if self.blocks > 1 and parameter is not None else parameter
 
         # W (dequantized, for a quantized base) only where the score reads it.
-        if oriented is None and self.magnitude_score:
+        if oriented is None and span_weight is None and self.magnitude_score:
             oriented = self._oriented(self.weight)
         has_term = self.magnitude_score or self.A is not None or self.R is not None
         if has_term and self.scores is None and span is None and kernels.enabled(out):  # one fused pass
@@ -370,7 +371,7 @@ class SparseLayer(nn.Module):
                                 self.alpha1, self.alpha2, self.magnitude_score)
             return
         if self.magnitude_score:
-            w = rows(oriented, block)
+            w = span_weight.unsqueeze(0) if span_weight is not None else rows(oriented, block)
             if self.U is not None:
                 v = per_block(self.V).expand(out.shape[0], -1, -1)
                 torch.baddbmm(w, rows(self.U, block), v, alpha=self.beta, out=out).abs_()
@@ -386,9 +387,10 @@ class SparseLayer(nn.Module):
         if not filled:
             raise ValueError(f"this {self.method} layer has no score term")
 
-    def _rows_score(self, w: torch.Tensor, rows: slice) -> torch.Tensor:
-        """S of rows ``rows`` from W as (n, k), by the ops every pass of a threshold-kept mask repeats."""
-        updated = updated_weight(self.static, w[rows], _rows(self.U, rows), self.V, None)
+    def _rows_score(self, w_rows, rows: slice) -> torch.Tensor:
+        """S of rows ``rows``, by the ops every pass of a threshold-kept mask repeats; ``w_rows``
+        reads W's rows (``pst.base_weights.row_reader``)."""
+        updated = updated_weight(self.static, w_rows(rows), _rows(self.U, rows), self.V, None)
         return _score_rows(self.static, updated, _rows(self.A, rows), self.B, _rows(self.R, rows), self.C,
                            _rows(self.scores, rows))
 
@@ -398,7 +400,7 @@ class SparseLayer(nn.Module):
         """S, the importance score the mask is selected from, in output x input orientation."""
         self._require_whole_weights()
         if self.mask_storage == "threshold" and self.blocks == 1:  # as its selection computes it
-            w = self._oriented(self.weight)
+            w = base_weights.row_reader(self.weight, self.transposed)
             with _without_autocast(self.weight.device.type):
                 return torch.cat([self._rows_score(w, rows) for rows in _row_chunks(self.out_features,
                                                                                       self.in_features)])
@@ -536,10 +538,10 @@ def _select_threshold(layer: SparseLayer, prune: int) -> None:
     n, k = layer.out_features, layer.in_features
     chunks = _row_chunks(n, k)
     with _without_autocast(layer.weight.device.type):
-        w = layer._oriented(layer.weight)
+        w_rows = base_weights.row_reader(layer.weight, layer.transposed)
 
         def score_of(entries: slice) -> torch.Tensor:
-            return layer._rows_score(w, slice(entries.start // k, entries.stop // k)).reshape(-1)
+            return layer._rows_score(w_rows, slice(entries.start // k, entries.stop // k)).reshape(-1)
 
         threshold = None
         if len(chunks) > 1:
@@ -560,14 +562,15 @@ def _select_by_rows(layer: SparseLayer, block: int, whole, prune: int, pattern) 
     n, k, bits = layer.out_features, layer.in_features, layer._mask_bits
     chunks = [slice(rows.start * k, rows.stop * k) for rows in _row_chunks(n, k)]
 
-    oriented = layer._oriented(layer.weight) if layer.magnitude_score else None  # dequantized once, not per chunk
+    w_rows = base_weights.row_reader(layer.weight, layer.transposed) if layer.magnitude_score else None
 
     def rows_of(entries: slice) -> slice:
         return slice(entries.start // k, entries.stop // k)
 
     def score_of(entries: slice) -> torch.Tensor:
         out = torch.empty(entries.stop - entries.start, dtype=layer.dtype, device=bits.device)
-        layer._block_score(block, out.view(1, -1, k), span=rows_of(entries), oriented=oriented)
+        rows = rows_of(entries)
+        layer._block_score(block, out.view(1, -1, k), span=rows, span_weight=None if w_rows is None else w_rows(rows))
         return out
 
     def keep_chunk(entries: slice, keep: torch.Tensor) -> None:
@@ -666,20 +669,21 @@ def _bits_of_rows(bits: torch.Tensor | None, rows: slice, k: int) -> torch.Tenso
     return None if bits is None else bits[rows.start * k // 8 : -(-rows.stop * k // 8)]
 
 
-def _reference_forward(spec: LayerSpec, x, w, bias, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
+def _reference_forward(spec: LayerSpec, x, w_rows, bias, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
                        dtype: torch.dtype) -> torch.Tensor:
     """y = x (M * W')^T + b without the fused kernels, M * W' built a chunk of rows at a time for a
-    large matrix (:func:`_row_chunks`), each chunk's outputs written in place."""
+    large matrix (:func:`_row_chunks`), each chunk's outputs written in place; ``w_rows(rows)``
+    reads W's rows (``pst.base_weights.row_reader``)."""
     n, k = spec.out_features, spec.in_features
     chunks = _row_chunks(n, k)
     score_terms = (A, B, R, C, scores)
     if len(chunks) == 1:
-        effective = _effective_rows(spec, chunks[0], w, U, V, score_terms, bits, threshold, table, one_hot, dtype)
+        effective = _effective_rows(spec, chunks[0], w_rows, U, V, score_terms, bits, threshold, table, one_hot, dtype)
         return nn.functional.linear(x, effective, bias)
     y = x.new_empty(*x.shape[:-1], n)
     x2d, y2d = x.reshape(-1, k), y.view(-1, n)
     for rows in chunks:
-        effective = _effective_rows(spec, rows, w, U, V, score_terms, bits, threshold, table, one_hot, dtype)
+        effective = _effective_rows(spec, rows, w_rows, U, V, score_terms, bits, threshold, table, one_hot, dtype)
         part_bias = None if bias is None else bias[rows]
         if torch.compiler.is_compiling():  # dynamo takes no out= into a strided view
             y2d[:, rows] = nn.functional.linear(x2d, effective, part_bias)
@@ -691,12 +695,12 @@ def _reference_forward(spec: LayerSpec, x, w, bias, U, V, A, B, R, C, scores, bi
     return y
 
 
-def _effective_rows(spec: LayerSpec, rows: slice, w, U, V, score_terms: tuple, bits, threshold, table, one_hot,
+def _effective_rows(spec: LayerSpec, rows: slice, w_rows, U, V, score_terms: tuple, bits, threshold, table, one_hot,
                     dtype: torch.dtype) -> torch.Tensor:
     """Rows ``rows`` of M * W' in ``dtype``, by the torch reference."""
     k = spec.in_features
     A, B, R, C, scores = score_terms
-    updated = updated_weight(spec, w[rows], _rows(U, rows), V, _rows(one_hot, rows))
+    updated = updated_weight(spec, w_rows(rows), _rows(U, rows), V, _rows(one_hot, rows))
     mask = _reference_mask(spec, updated, _rows(A, rows), B, _rows(R, rows), C, _rows(scores, rows),
                            _bits_of_rows(bits, rows, k), _threshold_of_rows(threshold, rows, k), table)
     return _masked(updated, mask, dtype, reuse=U is not None)
@@ -710,6 +714,11 @@ def _reference_mask(spec: LayerSpec, updated: torch.Tensor, A, B, R, C, scores, 
             return None
         return threshold.mask_(_score_rows(spec, updated, A, B, R, C, scores))
     return None if bits is None else unpack_mask(bits, table, *updated.shape)
+
+
+def _fused(weight: torch.Tensor, threshold) -> bool:
+    """Whether a layer's passes run the fused kernels (``pst.kernels``), decided before W is dequantized."""
+    return threshold is None and kernels.enabled_for(base_weights.float_dtype(weight), weight.device)
 
 
 def _threshold_of_rows(threshold: masking.Threshold | None, rows: slice, k: int) -> masking.Threshold | None:
@@ -823,13 +832,13 @@ class SparseLinearFunction(torch.autograd.Function):
                 spec: LayerSpec, dtype):
         with _without_autocast(x.device.type):
             x = x.to(dtype)
-            w = _output_by_input(weight, spec.transposed)
             bias = None if bias is None else bias.to(dtype)
-            if threshold is None and kernels.enabled(w):
+            if _fused(weight, threshold):
+                w = _output_by_input(weight, spec.transposed)
                 y = nn.functional.linear(x, _fused_effective(spec, w, U, V, bits, block_of_row, dtype), bias)
             else:
-                y = _reference_forward(spec, x, w, bias, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
-                                       dtype)
+                y = _reference_forward(spec, x, base_weights.row_reader(weight, spec.transposed), bias, U, V, A, B, R,
+                                       C, scores, bits, threshold, table, one_hot, dtype)
         ctx.spec, ctx.threshold = spec, threshold
         ctx.save_for_backward(x, weight, U, V, A, B, R, C, scores, bits, table, one_hot, block_of_row)
         return y
@@ -848,14 +857,15 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
     """The gradients, each in its input's dtype (see :func:`_gradients`)."""
     n, k = spec.out_features, spec.in_features
     grad_y = grad_y.reshape(-1, n)
-    w = _output_by_input(weight, spec.transposed)
-    chunks = [slice(0, n)] if threshold is None and kernels.enabled(w) else _row_chunks(n, k)
+    chunks = [slice(0, n)] if _fused(weight, threshold) else _row_chunks(n, k)
     if len(chunks) == 1:
+        w = _output_by_input(weight, spec.transposed)
         grads = _gradients(spec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
                            block_of_row)
     else:
-        grads = _chunked_gradients(spec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, threshold, table,
-                                   one_hot, chunks)
+        w_rows = base_weights.row_reader(weight, spec.transposed)
+        grads = _chunked_gradients(spec, needs, grad_y, x, weight, w_rows, U, V, A, B, R, C, scores, bits, threshold,
+                                   table, one_hot, chunks)
     grad_x = None if grads[0] is None else grads[0].view(x.shape)
     return _in_dtypes((grad_x, *grads[1:]), x, weight, U, V, A, B, R, C, scores)
 
@@ -864,8 +874,8 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
 _SUMMED_OVER_ROWS = (0, 4, 6, 8)
 
 
-def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B, R, C, scores, bits, threshold, table,
-                       one_hot, chunks: list[slice]) -> list:
+def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w_rows, U, V, A, B, R, C, scores, bits, threshold,
+                       table, one_hot, chunks: list[slice]) -> list:
     """:func:`_gradients` a chunk of rows at a time (the reference path for a large matrix, see
     :func:`_row_chunks`), into gradients allocated before any chunk's temporaries: one allocated
     among them would outlive them and pin their memory in the heap."""
@@ -877,7 +887,7 @@ def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w, U, V, A, B,
     if needs[0]:  # dL/dx, which the chunks' products add to in x's dtype
         grads[0] = x.new_zeros(x.shape)
     for rows in chunks:
-        part = _gradients(replace(spec, out_features=rows.stop - rows.start), needs, grad_y[:, rows], x, w[rows],
+        part = _gradients(replace(spec, out_features=rows.stop - rows.start), needs, grad_y[:, rows], x, w_rows(rows),
                           _rows(U, rows), V, _rows(A, rows), B, _rows(R, rows), C, _rows(scores, rows),
                           _bits_of_rows(bits, rows, k), _threshold_of_rows(threshold, rows, k), table,
                           _rows(one_hot, rows), None, grad_x=grads[0])

@@ -262,3 +262,51 @@ def test_threshold_masks_over_a_quantized_base_equal_the_bits(quantize):
     assert losses == bits_losses
     for name, mask in masks.items():
         assert torch.equal(mask, bits_masks[name]), name
+
+
+@backends
+@pytest.mark.parametrize("columns", [256, 96], ids=["rows-of-whole-blocks", "blocks-across-rows"])
+def test_rows_read_a_range_at_a_time_are_the_whole_dequantization(quantize, columns):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(columns, 40)).to(torch.bfloat16)
+    quantize(model, lambda module, name: isinstance(module, nn.Linear))
+    weight = model[0].weight
+    whole = pst.base_weights.dequantized(weight)
+    read = pst.base_weights.row_reader(weight)
+    for start, stop in [(0, 40), (0, 8), (8, 24), (16, 40), (3, 9), (39, 40)]:
+        assert torch.equal(read(slice(start, stop)), whole[start:stop]), (start, stop)
+
+
+@backends
+@pytest.mark.parametrize("storage", ["bits", "threshold"])
+def test_a_chunked_quantized_layer_never_holds_its_whole_dequantized_weight(monkeypatch, quantize, storage):
+    """Selection, forward and backward of a 2048 x 1024 layer in 8 chunks of rows: no allocation
+    reaches a chunk's entries at 4 bytes each, where the whole dequantized W alone is 8 of them."""
+    from test_row_chunks import _LargestAllocation
+
+    n, k, chunk = 2048, 1024, 262144
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(k, n)).to(torch.bfloat16)
+    quantize(model, lambda module, name: isinstance(module, nn.Linear))
+    layer = pst.SparseLayer(model[0], pst.PSTConfig(target_modules=["0"], mask_storage=storage))
+    with torch.no_grad():  # V and B start at 0, which would make U's and A's gradients 0
+        for p in layer.method_parameters():
+            p.normal_(0, 0.1)
+    layer.sparsity = 0.9
+    x = torch.randn(4, k, dtype=torch.bfloat16, requires_grad=True)
+    expected = layer(x)
+    expected.float().sum().backward()
+    expected_grads = [x.grad.clone()] + [p.grad.clone() for p in layer.method_parameters()]
+    monkeypatch.setattr(pst.layers, "_ROW_CHUNK_ENTRIES", chunk)
+    layer.invalidate()
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    largest = _LargestAllocation()
+    with largest:
+        y = layer(x)
+        y.float().sum().backward()
+    assert largest.largest <= chunk * 4
+    assert torch.equal(y, expected)  # the same mask and the same W' rows
+    grads = [x.grad] + [p.grad for p in layer.method_parameters()]
+    for got, want in zip(grads, expected_grads):  # chunks sum V, B, C and x (in bf16) in another order
+        assert float((got.float() - want.float()).norm() / want.float().norm()) < 1e-2

@@ -136,12 +136,20 @@ class _LargestAllocation(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
+        inputs = {_storage(t).data_ptr() for t in pytree.tree_leaves((args, kwargs)) if _storage(t) is not None}
         for tensor in pytree.tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
-                self.largest = max(self.largest, tensor.untyped_storage().nbytes())
+            storage = _storage(tensor)
+            if storage is not None and storage.data_ptr() not in inputs:
+                self.largest = max(self.largest, storage.nbytes())
         return out
+
+
+def _storage(tensor):
+    """A plain tensor's storage; ``None`` for anything else (a quantized wrapper holds none of its own:
+    its inner tensors' ops are seen on their own)."""
+    if not isinstance(tensor, torch.Tensor) or type(tensor) not in (torch.Tensor, nn.Parameter):
+        return None
+    return tensor.untyped_storage()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
