@@ -4,6 +4,8 @@ A layer needs W as a dense (n, k) float tensor in three places (W' = W + beta U 
 forward and backward passes, and |W'| in the score). Plain tensors are read as they are (no
 copy). Quantized weights are dequantized layer by layer, when the layer needs them, into a
 temporary that lives as long as that layer's computation: the model is never dense as a whole.
+Where the layer works a chunk of rows at a time (the torch path on an LLM's matrices), only the
+chunk's rows are dequantized (:func:`row_reader`).
 
 Quantized bases supported: torchao's weight-only tensor subclasses (``quantize_(model,
 Int8WeightOnlyConfig())`` or ``IntxWeightOnlyConfig(weight_dtype=torch.int4)``), which keep
