@@ -87,7 +87,7 @@ class _Bnb4bitRows:
         state = weight.quant_state
         absmax = state.absmax
         if state.nested:  # the block scales are themselves quantized: dequantized once, as dequantize_4bit does
-            absmax = functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
+            absmax = (functional.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
         self.weight, self.state, self.absmax, self.functional = weight, state, absmax, functional
         self.columns = state.shape[1]
         self.whole = None
