@@ -325,11 +325,8 @@ class SparseLayer(nn.Module):
         if not self.spec.prunes:
             return None
         self.refresh_mask()
-        if self._threshold is not None:
-            k, w = self.in_features, base_weights.row_reader(self.weight, self.transposed)
-            with _without_autocast(self.weight.device.type):
-                return torch.cat([self._threshold.after(rows.start * k).keep(self._rows_score(w, rows))
-                                  for rows in _row_chunks(self.out_features, k)])
+        if self._threshold is not None:  # S as the selection computed it, compared whole
+            return self._threshold.keep(self.score())
         return unpack_mask(self._mask_bits, self.bit_table, self.out_features, self.in_features).bool()
 
     def _block_prunes(self) -> list[int]:
@@ -857,11 +854,12 @@ def _backward(spec: LayerSpec, needs, grad_y, x, weight, U, V, A, B, R, C, score
     """The gradients, each in its input's dtype (see :func:`_gradients`)."""
     n, k = spec.out_features, spec.in_features
     grad_y = grad_y.reshape(-1, n)
-    chunks = [slice(0, n)] if _fused(weight, threshold) else _row_chunks(n, k)
+    fused = _fused(weight, threshold)
+    chunks = [slice(0, n)] if fused else _row_chunks(n, k)
     if len(chunks) == 1:
         w = _output_by_input(weight, spec.transposed)
         grads = _gradients(spec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
-                           block_of_row)
+                           block_of_row, fused)
     else:
         w_rows = base_weights.row_reader(weight, spec.transposed)
         grads = _chunked_gradients(spec, needs, grad_y, x, weight, w_rows, U, V, A, B, R, C, scores, bits, threshold,
@@ -890,7 +888,7 @@ def _chunked_gradients(spec: LayerSpec, needs, grad_y, x, weight, w_rows, U, V, 
         part = _gradients(replace(spec, out_features=rows.stop - rows.start), needs, grad_y[:, rows], x, w_rows(rows),
                           _rows(U, rows), V, _rows(A, rows), B, _rows(R, rows), C, _rows(scores, rows),
                           _bits_of_rows(bits, rows, k), _threshold_of_rows(threshold, rows, k), table,
-                          _rows(one_hot, rows), None, grad_x=grads[0])
+                          _rows(one_hot, rows), None, fused=False, grad_x=grads[0])
         for i, grad in enumerate(part):
             if grad is None or i == 0:  # dL/dx is accumulated in place
                 continue
@@ -910,14 +908,13 @@ def _gradient_buffer(index: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _gradients(spec: LayerSpec, needs, grad_y, x, w, U, V, A, B, R, C, scores, bits, threshold, table, one_hot,
-               block_of_row, grad_x: torch.Tensor | None = None) -> tuple:
+               block_of_row, fused: bool, grad_x: torch.Tensor | None = None) -> tuple:
     """The gradients from grad_y (tokens, n) and W as (n, k), dL/dx as (tokens, k), added to
-    ``grad_x`` when given; at most two n x k temporaries besides the unpacked mask: in the
+    ``grad_x`` when given, by the fused kernels or the torch reference (``fused``, :func:`_fused`); at most two n x k temporaries besides the unpacked mask: in the
     reference, W' becomes dL/dS and then dL/dW' in place (when W' is not the weight itself);
     with the fused kernels, dL/dW' is written over dL/d(M * W')."""
     n, k = spec.out_features, spec.in_features
     grad_weight = grad_bias = grad_U = grad_V = grad_A = grad_B = grad_R = grad_C = grad_scores = None
-    fused = threshold is None and kernels.enabled(w)
 
     score_needs = any(needs[i] for i in (5, 6, 7, 8, 9))
     weight_needs = needs[1] or needs[3] or needs[4]
